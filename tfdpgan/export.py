@@ -1,0 +1,69 @@
+"""Export the generator as a SavedModel that carries its privacy card.
+
+Signature ``serving_default``: input ``latent`` float32 [None, latent_dim] -> outputs
+``image`` float32 [None, H, W, 1] in the normalised intensity scale of dataset.json ([-1, 1])
+and ``label`` float32 [None, H, W, 1] in {0, 1} (the generator's label channel thresholded at
+0). ``assets.extra/privacy.json`` holds the card; ``assets.extra/dataset.json`` the
+normalisation needed to map images back to scanner units. Outputs appear atomically.
+
+  python -m tfdpgan.export --workdir=W      (re-export from W's latest checkpoint)
+"""
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+GENERATOR_DIR = "generator"
+
+
+class _Sampler(tf.Module):
+    def __init__(self, generator: tf.keras.Model, latent_dim: int):
+        super().__init__()
+        self.generator = generator
+        self.serve = tf.function(self._serve, input_signature=[
+            tf.TensorSpec([None, latent_dim], tf.float32, name="latent")])
+
+    def _serve(self, latent):
+        out = self.generator(latent, training=False)
+        image = out[..., :1]
+        label = tf.cast(out[..., 1:2] > 0.0, tf.float32)
+        return {"image": image, "label": label}
+
+
+def export_generator(generator: tf.keras.Model, out_dir: str, extra_files: dict = None):
+    """Save ``generator`` (latent -> [B, H, W, 2] in [-1, 1]) as a SavedModel at ``out_dir``.
+
+    ``extra_files`` maps a file name to the path of a file copied into assets.extra/.
+    """
+    sampler = _Sampler(generator, int(generator.input_shape[-1]))
+    concrete = sampler.serve.get_concrete_function()
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=".generator.tmp-")
+    try:
+        tf.saved_model.save(sampler, staging, signatures={"serving_default": concrete})
+        extra = os.path.join(staging, "assets.extra")
+        os.makedirs(extra, exist_ok=True)
+        for name, path in (extra_files or {}).items():
+            shutil.copyfile(path, os.path.join(extra, name))
+        if os.path.exists(out_dir):
+            old = out_dir + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(staging, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def load_generator(path: str):
+    """Load an exported generator; returns (serving function, latent_dim, patch_size)."""
+    loaded = tf.saved_model.load(path)
+    fn = loaded.signatures["serving_default"]
+    latent_dim = int(fn.structured_input_signature[1]["latent"].shape[-1])
+    patch = int(fn.structured_outputs["image"].shape[1])
+    return fn, latent_dim, patch

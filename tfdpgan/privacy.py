@@ -1,0 +1,186 @@
+"""The privacy card of a run: ``privacy.json`` (machine-readable) and ``PRIVACY.md`` (plain words).
+
+What is protected: the release of the generator and of everything sampled from it. The critic
+is the only network that reads training data; it is trained with DP-SGD (per-record clipping,
+Gaussian noise, Poisson sampling), and the generator only ever sees the critic, so the
+generator and its samples are post-processing of the DP critic. The critic and the training
+checkpoints themselves are NOT covered by a release guarantee beyond the same (ε, δ) and must
+not be shared together with the sampling seed (see pipeline.new_secret_seed).
+
+Numbers always come from the accountant over the steps actually run.
+
+  python -m tfdpgan.privacy --workdir=W            print W's card
+  python -m tfdpgan.privacy --plan --num_records=N --batch_size=B --critic_steps=T --epsilon=E
+"""
+import json
+import math
+import os
+import sys
+from typing import Optional
+
+from absl import app, flags
+
+import tfdpgan
+from tfdpgan import accounting
+
+PRIVACY_JSON = "privacy.json"
+PRIVACY_MD = "PRIVACY.md"
+PLURAL = {"patch": "patches", "patient": "patients"}
+
+
+def _finite_or_none(x):
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def make_card(*, private: bool, noise_multiplier: float, l2_norm_clip: float,
+              expected_batch_size: float, num_records: int, critic_steps: int, delta: float,
+              accountant: str, target_epsilon: Optional[float], privacy_unit: str = "patch",
+              patches_per_patient: Optional[int] = None, sampling: str = "poisson",
+              compute_pld: bool = True, data_independent_preprocessing: bool = False) -> dict:
+    """The privacy.json object for a run (keys fixed in DESIGN.md)."""
+    q = expected_batch_size / num_records
+    eps_rdp = eps_pld = None
+    if private:
+        eps_rdp = accounting.compute_epsilon(noise_multiplier, q, critic_steps, delta, "rdp")
+        if compute_pld:
+            eps_pld = accounting.compute_epsilon(noise_multiplier, q, critic_steps, delta, "pld")
+    spent = {"rdp": eps_rdp, "pld": eps_pld}[accountant] if private else None
+    return {
+        "private": bool(private),
+        "privacy_unit": privacy_unit,
+        "epsilon": _finite_or_none(spent) if private else None,
+        "delta": float(delta) if private else None,
+        "target_epsilon": _finite_or_none(target_epsilon),
+        "accountant": accountant,
+        "epsilon_rdp": _finite_or_none(eps_rdp),
+        "epsilon_pld": _finite_or_none(eps_pld),
+        "noise_multiplier": float(noise_multiplier) if private else 0.0,
+        "l2_norm_clip": float(l2_norm_clip) if private else None,
+        "sampling": sampling,
+        "sampling_rate": float(q),
+        "expected_batch_size": float(expected_batch_size),
+        "num_records": int(num_records),
+        "critic_steps": int(critic_steps),
+        "patches_per_patient": patches_per_patient,
+        "normalization_data_independent": bool(data_independent_preprocessing),
+        "tfdpgan_version": tfdpgan.__version__,
+    }
+
+
+def render_markdown(card: dict) -> str:
+    """PRIVACY.md: what the numbers in ``card`` mean, in plain words."""
+    unit = card["privacy_unit"]
+    lines = ["# Privacy card", ""]
+    if not card["private"]:
+        lines += [
+            "**This run is NOT differentially private** (ε = ∞). The critic saw the training "
+            "data without clipping or noise; the generator and its samples may reveal "
+            "individual training patches or patients. Do not share them outside the "
+            "institution that holds the data.", ""]
+    else:
+        eps, delta = card["epsilon"], card["delta"]
+        lines += [
+            f"**Guarantee:** ({eps:.3g}, {delta:.3g})-differential privacy per **{unit}** "
+            f"(add/remove one {unit}), for the release of the generator and of everything "
+            f"sampled from it.", "",
+            f"- Accountant used for the guarantee: `{card['accountant']}`; "
+            f"RDP ε = {_fmt(card['epsilon_rdp'])}, PLD ε = {_fmt(card['epsilon_pld'])}.",
+            f"- Target ε: {_fmt(card['target_epsilon'])}.",
+            f"- Critic steps run: {card['critic_steps']}; sampling: {card['sampling']} with "
+            f"rate q = {card['sampling_rate']:.4g} (expected batch "
+            f"{card['expected_batch_size']:g} of {card['num_records']} {PLURAL[unit]}).",
+            f"- Per-{unit} gradient clip C = {card['l2_norm_clip']:g}; Gaussian noise std "
+            f"= {card['noise_multiplier']:.4g} × C per step.", ""]
+        k = card.get("patches_per_patient")
+        if unit == "patch" and k:
+            eps_k, delta_k = accounting.group_privacy_epsilon_delta(eps, delta, k)
+            lines += [
+                "**What this means for a patient:** the unit is a single 2-D patch, and each "
+                f"patient contributed up to {k} patches. By group privacy the guarantee for a "
+                f"whole patient is only ({_fmt(eps_k)}, {_fmt(delta_k)})-DP, which for "
+                "large k is no meaningful protection. Use `--privacy_unit=patient` for a "
+                "patient-level guarantee.", ""]
+    lines += [
+        "## What is protected",
+        "- The generator (SavedModel) and every image+label pair sampled from it: they are "
+        "post-processing of the DP-trained critic, which is the only network that read the "
+        "training data.",
+        "",
+        "## What is not protected",
+        "- The critic weights and the training checkpoints (they contain the secret sampling "
+        "seed): keep them inside the institution.",
+        "- Choices made by looking at the same data (hyperparameters, the choice of ε, "
+        "repeated runs): each extra run on the same data spends its own ε.",
+        ("- Intensity normalisation is data-independent (a fixed range), so it leaks nothing."
+         if card.get("normalization_data_independent") else
+         "- Intensity normalisation used each patient's own percentile (per-patient, not "
+         "accounted for): the released images are in normalised units, and the per-patient "
+         "scale factors in dataset.json are not part of the release."),
+        "",
+        f"tfdpgan {card['tfdpgan_version']}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(x):
+    return "n/a" if x is None else f"{x:.3g}"
+
+
+def write_card(workdir: str, card: dict):
+    """Write privacy.json and PRIVACY.md into ``workdir`` (each atomically)."""
+    from tfdpgan.records import write_json_atomic, write_text_atomic
+    write_json_atomic(os.path.join(workdir, PRIVACY_JSON), card)
+    write_text_atomic(os.path.join(workdir, PRIVACY_MD), render_markdown(card))
+
+
+def read_card(workdir: str) -> dict:
+    path = os.path.join(workdir, PRIVACY_JSON)
+    with open(path) as f:
+        return json.load(f)
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Flags of the command line (defined only when run as a program)."""
+    flags.DEFINE_string("workdir", None, "Training run whose card to print.")
+    flags.DEFINE_boolean("plan", False, "Answer 'what ε do I get' before training.")
+    flags.DEFINE_integer("num_records", None, "--plan: number of training records.")
+    flags.DEFINE_float("batch_size", None, "--plan: expected batch size.")
+    flags.DEFINE_integer("critic_steps", None, "--plan: number of critic steps.")
+    flags.DEFINE_float("noise_multiplier", None, "--plan: noise multiplier (or --epsilon).")
+    flags.DEFINE_float("epsilon", None, "--plan: target ε to calibrate the noise for.")
+    flags.DEFINE_float("delta", None, "--plan: δ (default min(1e-5, 1/(10 N))).")
+    flags.DEFINE_enum("accountant", "rdp", ["rdp", "pld"], "--plan: accountant.")
+
+
+def main(argv):
+    del argv
+    if FLAGS.plan:
+        if not (FLAGS.num_records and FLAGS.batch_size and FLAGS.critic_steps):
+            raise app.UsageError("--plan needs --num_records, --batch_size, --critic_steps")
+        if (FLAGS.noise_multiplier is None) == (FLAGS.epsilon is None):
+            raise app.UsageError("--plan needs exactly one of --noise_multiplier, --epsilon")
+        q = FLAGS.batch_size / FLAGS.num_records
+        delta = FLAGS.delta or accounting.default_delta(FLAGS.num_records)
+        sigma = FLAGS.noise_multiplier
+        if sigma is None:
+            sigma = accounting.calibrate_noise(FLAGS.epsilon, q, FLAGS.critic_steps, delta,
+                                               FLAGS.accountant)
+        eps = accounting.compute_epsilon(sigma, q, FLAGS.critic_steps, delta, FLAGS.accountant)
+        print(f"noise_multiplier {sigma:.4f}  sampling_rate {q:.4g}  steps "
+              f"{FLAGS.critic_steps}  delta {delta:.3g}  epsilon ({FLAGS.accountant}) {eps:.4f}")
+        return
+    if not FLAGS.workdir:
+        raise app.UsageError("give --workdir=W or --plan")
+    try:
+        print(render_markdown(read_card(FLAGS.workdir)), end="")
+    except FileNotFoundError:
+        print(f"error: {os.path.join(FLAGS.workdir, PRIVACY_JSON)}: not found", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

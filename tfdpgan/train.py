@@ -1,0 +1,357 @@
+"""Train a WGAN with a differentially private critic.
+
+  python -m tfdpgan.train --epsilon=3                     # phantom demo data, ε = 3
+  python -m tfdpgan.train --flagfile=flags/paper_dp.cfg --data=REC --workdir=W
+  python -m tfdpgan.train --flagfile=W/flags.txt          # repeat (or resume) a run
+
+With no --data the default phantom data set is generated and converted once into a cache.
+The workdir receives flags.txt, privacy.json, PRIVACY.md, checkpoints/, TensorBoard event
+files, generator/ (SavedModel) and samples.png. Re-running with the same workdir resumes from
+the latest checkpoint; the privacy ledger (critic steps taken) is part of the checkpoint, so
+a resumed run reports exactly what an uninterrupted one would.
+
+Privacy: the noise multiplier is calibrated before training for the planned critic steps and
+the Poisson sampling rate q = batch_size / N; training never runs more steps than the budget
+allows, and privacy.json is computed from the steps actually run.
+"""
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
+
+import tfdpgan
+from tfdpgan import (accounting, default_data, export, models, pipeline, privacy, records,
+                     sample, wgan)
+
+CHECKPOINT_DIR = "checkpoints"
+RUN_JSON = "run.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    workdir: str
+    data: Optional[str] = None               # TFRecord folder; None = phantom default data
+    phantom: default_data.PhantomDataConfig = default_data.PhantomDataConfig()
+    cache_dir: Optional[str] = None
+    epsilon: float = 3.0                     # math.inf = non-private baseline
+    delta: Optional[float] = None            # None = min(1e-5, 1/(10 N))
+    noise_multiplier: Optional[float] = None  # given: epsilon is computed (or caps the steps)
+    accountant: str = "rdp"
+    l2_norm_clip: float = 1.0
+    batch_size: int = 32                     # expected batch size (Poisson)
+    critic_steps: int = 1000                 # planned critic (DP) steps
+    critic_steps_per_generator_step: int = 5
+    base_filters: int = 32
+    gan: wgan.WGANConfig = wgan.WGANConfig()
+    summary_every: int = 50
+    image_every: int = 250
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    num_samples_png: int = 32
+    sampling_seed: Optional[int] = None      # None = secret seed from OS entropy
+    tf_seed: Optional[int] = None
+
+    @property
+    def private(self) -> bool:
+        return math.isfinite(self.epsilon) or self.noise_multiplier is not None
+
+
+def _plan(config: TrainConfig, num_records: int) -> dict:
+    """Sampling rate, δ, noise multiplier and the number of critic steps to run."""
+    if config.batch_size < 1 or config.batch_size > num_records:
+        raise ValueError(f"batch_size {config.batch_size} must be in [1, {num_records}] "
+                         f"(the number of training records)")
+    q = config.batch_size / num_records
+    delta = config.delta if config.delta is not None else accounting.default_delta(num_records)
+    steps, sigma = config.critic_steps, 0.0
+    if config.private:
+        sigma = config.noise_multiplier
+        if sigma is None:
+            sigma = accounting.calibrate_noise(config.epsilon, q, config.critic_steps, delta,
+                                               config.accountant)
+        if math.isfinite(config.epsilon):
+            steps = min(steps, accounting.max_steps_within(config.epsilon, sigma, q, delta,
+                                                           config.accountant))
+    return {"sampling_rate": q, "delta": delta, "noise_multiplier": float(sigma),
+            "critic_steps": int(steps), "num_records": num_records}
+
+
+def _card(config: TrainConfig, plan: dict, steps_run: int, info: dict) -> dict:
+    return privacy.make_card(
+        private=config.private, noise_multiplier=plan["noise_multiplier"],
+        l2_norm_clip=config.l2_norm_clip, expected_batch_size=config.batch_size,
+        num_records=plan["num_records"], critic_steps=steps_run, delta=plan["delta"],
+        accountant=config.accountant,
+        target_epsilon=config.epsilon if math.isfinite(config.epsilon) else None,
+        privacy_unit="patch", patches_per_patient=info.get("patches_per_patient"),
+        data_independent_preprocessing=not info["normalization"].get("data_dependent", True))
+
+
+def build_wgan(config: TrainConfig, patch_size: int, plan: dict) -> wgan.WGAN:
+    gan_config = dataclasses.replace(
+        config.gan, private=config.private, l2_norm_clip=config.l2_norm_clip,
+        noise_multiplier=plan["noise_multiplier"], expected_batch_size=float(config.batch_size))
+    generator = models.build_generator(gan_config.latent_dim, patch_size, config.base_filters)
+    critic = models.build_critic(patch_size, config.base_filters)
+    return wgan.WGAN(generator, critic, gan_config)
+
+
+def _checkpoint(gan: wgan.WGAN, step: tf.Variable, seed: tf.Variable) -> tf.train.Checkpoint:
+    return tf.train.Checkpoint(generator=gan.generator, critic=gan.critic,
+                               critic_optimizer=gan.critic_optimizer,
+                               generator_optimizer=gan.generator_optimizer,
+                               critic_step=step, sampling_seed=seed)
+
+
+def _check_same_run(workdir: str, run: dict):
+    """A workdir holds one run: refuse to resume it with different settings."""
+    path = os.path.join(workdir, RUN_JSON)
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = json.load(f)
+        changed = sorted(k for k in set(old) | set(run) if old.get(k) != run.get(k))
+        if changed:
+            raise ValueError(f"{workdir} holds a run with different settings ({', '.join(changed)}"
+                             f"); use a new --workdir")
+    else:
+        records.write_json_atomic(path, run)
+
+
+def train(config: TrainConfig, flags_text: str = "") -> dict:
+    """Run (or resume) training in ``config.workdir``; returns the final privacy card."""
+    workdir = config.workdir
+    os.makedirs(workdir, exist_ok=True)
+    if flags_text:
+        records.write_text_atomic(os.path.join(workdir, "flags.txt"), flags_text)
+    rec_dir = config.data or default_data.prepare(config.phantom, config.cache_dir)[1]
+    info = records.read_dataset_json(rec_dir)
+    arrays = pipeline.load_arrays(rec_dir, "train")
+    plan = _plan(config, len(arrays))
+    run = {k: v for k, v in dataclasses.asdict(config).items()
+           if k not in ("summary_every", "image_every", "checkpoint_every", "keep_checkpoints")}
+    run.update(plan, data=os.path.abspath(rec_dir), epsilon=str(config.epsilon))
+    run = json.loads(json.dumps(run))  # compare in JSON form (tuples become lists)
+    _check_same_run(workdir, run)
+    if config.tf_seed is not None:
+        tf.random.set_seed(config.tf_seed)
+
+    gan = build_wgan(config, info["patch_size"], plan)
+    step = tf.Variable(0, dtype=tf.int64, name="critic_step")
+    seed = tf.Variable(config.sampling_seed if config.sampling_seed is not None
+                       else pipeline.new_secret_seed(), dtype=tf.int64, name="sampling_seed")
+    ckpt = _checkpoint(gan, step, seed)
+    manager = tf.train.CheckpointManager(ckpt, os.path.join(workdir, CHECKPOINT_DIR),
+                                         max_to_keep=config.keep_checkpoints)
+    if manager.latest_checkpoint:
+        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("resumed from %s at critic step %d", manager.latest_checkpoint,
+                     int(step))
+    writer = tf.summary.create_file_writer(workdir)
+    total = plan["critic_steps"]
+    _log_plan(config, plan, total, writer)
+
+    batches = pipeline.poisson(arrays, plan["sampling_rate"], int(seed.numpy()),
+                               start_step=int(step), num_steps=max(total - int(step), 0))
+    start, start_step = time.time(), int(step)
+    generator_metrics = {}
+    for batch in batches:
+        pairs = wgan.to_pairs(batch["image"], batch["label"])
+        metrics = gan.critic_step(pairs)
+        step.assign_add(1)
+        s = int(step)
+        if s % config.critic_steps_per_generator_step == 0:
+            generator_metrics = gan.generator_step(tf.constant(config.batch_size, tf.int32))
+        if s % config.summary_every == 0 or s == total:
+            metrics = {**metrics, **generator_metrics, **gan.critic_metrics(pairs)}
+            rate = (s - start_step) / max(time.time() - start, 1e-9)
+            _write_scalars(writer, s, metrics, config, plan, rate)
+            logging.info("critic step %d/%d  W %.4f  eps %.3f  %.2f steps/s  ~%.0f s left",
+                         s, total, float(metrics["wasserstein_estimate"]),
+                         _epsilon(config, plan, s), rate, (total - s) / max(rate, 1e-9))
+        if s % config.image_every == 0:
+            _write_images(writer, gan, s, config.num_samples_png)
+        if s % config.checkpoint_every == 0:
+            manager.save(checkpoint_number=s)
+    if manager.latest_checkpoint != os.path.join(manager.directory, f"ckpt-{int(step)}"):
+        manager.save(checkpoint_number=int(step))
+    return finish(workdir, gan, config, plan, int(step), info, rec_dir, writer)
+
+
+def _epsilon(config, plan, steps):
+    if not config.private:
+        return math.inf
+    return accounting.compute_epsilon(plan["noise_multiplier"], plan["sampling_rate"], steps,
+                                      plan["delta"], config.accountant)
+
+
+def _log_plan(config, plan, total, writer):
+    if config.private:
+        logging.info("DP critic: noise multiplier %.4f, clip %g, q %.5f (batch %d of %d), "
+                     "delta %.3g, %d critic steps -> epsilon %.3f (%s)",
+                     plan["noise_multiplier"], config.l2_norm_clip, plan["sampling_rate"],
+                     config.batch_size, plan["num_records"], plan["delta"], total,
+                     _epsilon(config, plan, total), config.accountant)
+    else:
+        logging.warning("epsilon=inf: training WITHOUT differential privacy")
+    with writer.as_default():
+        tf.summary.text("run/plan", json.dumps(plan, indent=2), step=0)
+
+
+def _write_scalars(writer, s, metrics, config, plan, rate):
+    with writer.as_default():
+        for name, value in metrics.items():
+            tf.summary.scalar(f"train/{name}", value, step=s)
+        tf.summary.scalar("privacy/epsilon", _epsilon(config, plan, s)
+                          if config.private else -1.0, step=s)
+        tf.summary.scalar("privacy/noise_multiplier", plan["noise_multiplier"], step=s)
+        tf.summary.scalar("perf/steps_per_sec", rate, step=s)
+    writer.flush()
+
+
+def _write_images(writer, gan, s, n):
+    pairs = gan.sample(n).numpy()
+    grid = sample.overlay_grid(pairs[..., 0], (pairs[..., 1] > 0).astype(np.uint8))
+    with writer.as_default():
+        tf.summary.image("samples/image_and_label_overlay", grid[None], step=s)
+    return grid
+
+
+def finish(workdir, gan, config, plan, steps_run, info, rec_dir, writer) -> dict:
+    """Privacy card, samples.png and the exported generator, from the steps actually run."""
+    card = _card(config, plan, steps_run, info)
+    privacy.write_card(workdir, card)
+    grid = _write_images(writer, gan, steps_run, config.num_samples_png)
+    tf.io.write_file(os.path.join(workdir, "samples.png"), tf.io.encode_png(grid))
+    with writer.as_default():
+        tf.summary.text("privacy/statement", privacy.render_markdown(card), step=steps_run)
+        flags_path = os.path.join(workdir, "flags.txt")
+        if os.path.isfile(flags_path):
+            with open(flags_path) as f:
+                tf.summary.text("run/flags", "```\n" + f.read() + "\n```", step=steps_run)
+    writer.flush()
+    export.export_generator(gan.generator, os.path.join(workdir, export.GENERATOR_DIR), {
+        privacy.PRIVACY_JSON: os.path.join(workdir, privacy.PRIVACY_JSON),
+        records.DATASET_JSON: os.path.join(rec_dir, records.DATASET_JSON)})
+    return card
+
+
+# --- command line --------------------------------------------------------------------------
+
+FLAGS = flags.FLAGS
+
+
+class _FlagDefiner:
+    """flags.DEFINE_* bound to one FlagValues (so tests can parse flagfiles in isolation)."""
+
+    def __init__(self, fv):
+        self.fv = fv
+
+    def __getattr__(self, name):
+        define = getattr(flags, name)
+        return lambda *args, **kwargs: define(*args, flag_values=self.fv, **kwargs)
+
+
+def define_flags(fv: flags.FlagValues = FLAGS):
+    """Define the command-line flags on ``fv`` (only when run as a program, or in tests)."""
+    fdef = _FlagDefiner(fv)
+    d = TrainConfig(workdir="")
+    g = wgan.WGANConfig()
+    p = default_data.PhantomDataConfig()
+    fdef.DEFINE_string("workdir", None, "Folder for everything the run produces "
+                       "(default: runs/eps<epsilon>).")
+    fdef.DEFINE_string("data", None, "TFRecord folder from tools/nifti_to_tfrecord.py "
+                       "(default: the phantom data set, generated once into the cache).")
+    fdef.DEFINE_string("cache_dir", None, "Cache of the phantom data set "
+                       "(default: $TFDPGAN_CACHE or ~/.cache/tfdpgan).")
+    fdef.DEFINE_float("epsilon", d.epsilon, "Privacy budget ε (per patch); 'inf' trains "
+                      "without DP (baseline).")
+    fdef.DEFINE_float("delta", None, "δ (default: min(1e-5, 1/(10 N)) for N training records).")
+    fdef.DEFINE_float("noise_multiplier", None, "Noise multiplier σ; if given, it is used "
+                      "instead of calibrating σ to --epsilon (which then only caps the steps).")
+    fdef.DEFINE_enum("accountant", d.accountant, ["rdp", "pld"], "Accountant that calibrates "
+                     "the noise and states ε.")
+    fdef.DEFINE_float("l2_norm_clip", d.l2_norm_clip, "Per-example gradient clip C of the "
+                      "critic (over all its weights).")
+    fdef.DEFINE_integer("batch_size", d.batch_size, "Expected batch size; Poisson sampling "
+                        "with rate batch_size / N.")
+    fdef.DEFINE_integer("critic_steps", d.critic_steps, "Planned critic (DP) steps.")
+    fdef.DEFINE_integer("n_critic", d.critic_steps_per_generator_step,
+                        "Critic steps per generator step.")
+    fdef.DEFINE_integer("base_filters", d.base_filters, "Width of both networks (paper: 96).")
+    fdef.DEFINE_integer("latent_dim", g.latent_dim, "Latent dimension.")
+    fdef.DEFINE_enum("loss", g.loss, list(wgan.LOSSES), "wgan: weight clipping (paper); "
+                     "wgan_gp: per-example gradient penalty.")
+    fdef.DEFINE_float("weight_clip", g.weight_clip, "Critic weight clip for --loss=wgan.")
+    fdef.DEFINE_float("gp_weight", g.gp_weight, "Gradient-penalty weight for --loss=wgan_gp.")
+    fdef.DEFINE_enum("optimizer", g.optimizer, ["rmsprop", "adam"], "Optimizer of both "
+                     "networks (the critic's gradients are privatised before it).")
+    fdef.DEFINE_float("critic_lr", g.critic_lr, "Critic learning rate.")
+    fdef.DEFINE_float("generator_lr", g.generator_lr, "Generator learning rate.")
+    fdef.DEFINE_integer("summary_every", d.summary_every, "Scalars every N critic steps.")
+    fdef.DEFINE_integer("image_every", d.image_every, "Sample images every N critic steps.")
+    fdef.DEFINE_integer("checkpoint_every", d.checkpoint_every, "Checkpoint every N steps.")
+    fdef.DEFINE_integer("sampling_seed", None, "Seed of the Poisson sampling (default: secret, "
+                        "from OS entropy; a known seed weakens the guarantee).")
+    fdef.DEFINE_integer("tf_seed", None, "TensorFlow seed (initialisation, latents, noise).")
+    fdef.DEFINE_integer("phantom_patients", p.num_patients, "Phantom: training patients.")
+    fdef.DEFINE_integer("phantom_test", p.num_test, "Phantom: held-out test patients.")
+    fdef.DEFINE_integer("phantom_seed", p.seed, "Phantom: seed.")
+    fdef.DEFINE_list("phantom_shape", list(map(str, p.shape)), "Phantom: volume shape x,y,z.")
+    fdef.DEFINE_integer("patch_size", p.patch_size, "Phantom: patch size.")
+    fdef.DEFINE_integer("patches_per_patient", p.patches_per_patient,
+                        "Phantom: patches per patient.")
+
+
+def config_from_flags(fv: flags.FlagValues = FLAGS) -> TrainConfig:
+    eps = fv.epsilon
+    workdir = fv.workdir or os.path.join("runs", f"eps{eps:g}")
+    phantom_config = default_data.PhantomDataConfig(
+        num_patients=fv.phantom_patients, num_test=fv.phantom_test,
+        seed=fv.phantom_seed, shape=tuple(int(v) for v in fv.phantom_shape),
+        patch_size=fv.patch_size, patches_per_patient=fv.patches_per_patient)
+    gan_config = wgan.WGANConfig(
+        latent_dim=fv.latent_dim, loss=fv.loss, weight_clip=fv.weight_clip,
+        gp_weight=fv.gp_weight, optimizer=fv.optimizer, critic_lr=fv.critic_lr,
+        generator_lr=fv.generator_lr)
+    return TrainConfig(
+        workdir=workdir, data=fv.data, phantom=phantom_config, cache_dir=fv.cache_dir,
+        epsilon=eps, delta=fv.delta, noise_multiplier=fv.noise_multiplier,
+        accountant=fv.accountant, l2_norm_clip=fv.l2_norm_clip,
+        batch_size=fv.batch_size, critic_steps=fv.critic_steps,
+        critic_steps_per_generator_step=fv.n_critic, base_filters=fv.base_filters,
+        gan=gan_config, summary_every=fv.summary_every, image_every=fv.image_every,
+        checkpoint_every=fv.checkpoint_every, sampling_seed=fv.sampling_seed,
+        tf_seed=fv.tf_seed)
+
+
+def main(argv):
+    del argv
+    config = config_from_flags()
+    flags_text = "".join(
+        f.serialize() + "\n" for f in FLAGS.get_key_flags_for_module(sys.argv[0])
+        if f.value is not None and f.name != "workdir")
+    flags_text += f"--workdir={config.workdir}\n"
+    try:
+        card = train(config, flags_text)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    eps = "∞ (not private)" if card["epsilon"] is None else f"{card['epsilon']:.3f}"
+    print(f"done: {card['critic_steps']} critic steps, ε = {eps}, δ = {card['delta']}\n"
+          f"  workdir      {config.workdir}\n"
+          f"  generator    {os.path.join(config.workdir, export.GENERATOR_DIR)}\n"
+          f"  privacy card {os.path.join(config.workdir, privacy.PRIVACY_MD)}\n"
+          f"  samples      {os.path.join(config.workdir, 'samples.png')}\n"
+          f"  TensorBoard  tensorboard --logdir {config.workdir}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
