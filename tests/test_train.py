@@ -190,3 +190,16 @@ def test_flagfiles_parse(cfg, monkeypatch):
     config = train.config_from_flags(fv)
     assert config.batch_size >= 1 and config.critic_steps >= 1
     assert os.path.basename(cfg) != "paper_wgan.cfg" or not config.private
+
+
+def test_export_command_reexports_from_checkpoint(private_run):
+    config, _ = private_run
+    gen = os.path.join(config.workdir, "generator")
+    z = tf.random.normal([2, 8], seed=3)
+    before = tf.saved_model.load(gen).signatures["serving_default"](latent=z)
+    done = subprocess.run([sys.executable, "-m", "tfdpgan.export", f"--workdir={config.workdir}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = tf.saved_model.load(gen).signatures["serving_default"](latent=z)
+    np.testing.assert_allclose(before["image"].numpy(), after["image"].numpy(), atol=1e-5)
+    assert os.path.isfile(os.path.join(gen, "assets.extra", "privacy.json"))

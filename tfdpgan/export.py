@@ -10,9 +10,11 @@ normalisation needed to map images back to scanner units. Outputs appear atomica
 """
 import os
 import shutil
+import sys
 import tempfile
 
 import tensorflow as tf
+from absl import app, flags
 
 GENERATOR_DIR = "generator"
 
@@ -67,3 +69,21 @@ def load_generator(path: str):
     latent_dim = int(fn.structured_input_signature[1]["latent"].shape[-1])
     patch = int(fn.structured_outputs["image"].shape[1])
     return fn, latent_dim, patch
+
+
+def main(argv):
+    del argv
+    from tfdpgan import train  # the run's settings and checkpoint layout live there
+    if not flags.FLAGS.workdir:
+        raise app.UsageError("--workdir is required")
+    try:
+        out = train.export_from_workdir(flags.FLAGS.workdir)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"exported {out}")
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("workdir", None, "Training workdir to export the generator of.")
+    app.run(main)

@@ -242,6 +242,37 @@ def finish(workdir, gan, config, plan, steps_run, info, rec_dir, writer) -> dict
     return card
 
 
+def export_from_workdir(workdir: str) -> str:
+    """Re-export the generator of the run in ``workdir`` from its latest checkpoint."""
+    path = os.path.join(workdir, RUN_JSON)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: not found; is {workdir} a training workdir?")
+    with open(path) as f:
+        run = json.load(f)
+    gan = build_wgan(_config_from_run(run), records.read_dataset_json(run["data"])["patch_size"],
+                     run)
+    ckpt = _checkpoint(gan, tf.Variable(0, dtype=tf.int64), tf.Variable(0, dtype=tf.int64))
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINT_DIR))
+    if latest is None:
+        raise FileNotFoundError(f"{workdir}: no checkpoint to export")
+    ckpt.restore(latest).expect_partial()
+    out = os.path.join(workdir, export.GENERATOR_DIR)
+    export.export_generator(gan.generator, out, {
+        privacy.PRIVACY_JSON: os.path.join(workdir, privacy.PRIVACY_JSON),
+        records.DATASET_JSON: os.path.join(run["data"], records.DATASET_JSON)})
+    return out
+
+
+def _config_from_run(run: dict) -> TrainConfig:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in run.items() if k in fields}
+    values["epsilon"] = float(values["epsilon"])
+    values["phantom"] = default_data.PhantomDataConfig(
+        **dict(values["phantom"], shape=tuple(values["phantom"]["shape"])))
+    values["gan"] = wgan.WGANConfig(**values["gan"])
+    return TrainConfig(**values)
+
+
 # --- command line --------------------------------------------------------------------------
 
 FLAGS = flags.FLAGS
