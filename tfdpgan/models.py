@@ -1,0 +1,86 @@
+"""DCGAN-style generator and WGAN critic for 2-channel patches (Kossen et al. 2022).
+
+Both networks have `num_stages` stride-2 stages. By default the patch is halved
+while it stays an integer >= 3, at most 5 times: 96 -> 3x3 (5 stages),
+64 -> 4x4 (4), 48 -> 3x3 (4), 32 -> 4x4 (3). Stage widths are
+base_filters * 2**i; at patch 96 and base 96 this gives the paper's sizes
+(critic ~25M, generator ~27M parameters).
+"""
+import math
+
+import tensorflow as tf
+
+MAX_STAGES = 5
+
+
+def default_num_stages(patch_size):
+    """Stride-2 stages: halve while the map stays an integer >= 3 (<= 5 times)."""
+    stages, size = 0, patch_size
+    while stages < MAX_STAGES and size % 2 == 0 and size // 2 >= 3:
+        stages, size = stages + 1, size // 2
+    return stages
+
+
+def _check_stages(patch_size, num_stages):
+    num_stages = default_num_stages(patch_size) if num_stages is None else num_stages
+    if num_stages < 1 or patch_size % 2**num_stages:
+        raise ValueError(f"patch_size {patch_size} cannot be halved "
+                         f"{num_stages} times")
+    return num_stages
+
+
+def build_generator(latent_dim=128, patch_size=96, base_filters=96, channels=2,
+                    num_stages=None):
+    """Latent [B, latent_dim] -> patches [B, patch, patch, channels] in [-1, 1].
+
+    Dense to a (patch / 2**num_stages)^2 seed with base * 2**(num_stages-1)
+    filters, then Conv2DTranspose(4, stride 2) + BatchNorm + ReLU blocks halving
+    the filters, and a last Conv2DTranspose to `channels` with tanh.
+    BatchNorm is fine here: the generator never sees private data, but note
+    that in training mode a sample depends on the other latents of its batch.
+    """
+    num_stages = _check_stages(patch_size, num_stages)
+    seed = patch_size // 2**num_stages
+    filters = base_filters * 2**(num_stages - 1)
+    latent = tf.keras.Input((latent_dim,), name="latent")
+    x = tf.keras.layers.Dense(seed * seed * filters, use_bias=False)(latent)
+    x = tf.keras.layers.Reshape((seed, seed, filters))(x)
+    x = tf.keras.layers.BatchNormalization()(x)
+    x = tf.keras.layers.ReLU()(x)
+    for _ in range(num_stages - 1):
+        filters //= 2
+        x = tf.keras.layers.Conv2DTranspose(filters, 4, strides=2, padding="same",
+                                            use_bias=False)(x)
+        x = tf.keras.layers.BatchNormalization()(x)
+        x = tf.keras.layers.ReLU()(x)
+    x = tf.keras.layers.Conv2DTranspose(channels, 4, strides=2, padding="same")(x)
+    patches = tf.keras.layers.Activation("tanh", dtype="float32")(x)
+    return tf.keras.Model(latent, patches, name="generator")
+
+
+def build_critic(patch_size=96, base_filters=96, channels=2, num_stages=None):
+    """Patches [B, patch, patch, channels] -> unbounded scores [B, 1].
+
+    Conv2D(4, stride 2) stages doubling the filters from base_filters, each
+    followed by GroupNormalization (not on the first stage) and LeakyReLU(0.2),
+    then Flatten and Dense(1) without activation.
+
+    Privacy assumption (relied on by tfdpgan.dp_clip): the critic contains no
+    cross-example operation, so score i depends only on input i. Hence no
+    BatchNormalization; GroupNormalization normalises within one example.
+    Activations are separate layers, so Conv2D/Dense outputs are pre-activations.
+    """
+    num_stages = _check_stages(patch_size, num_stages)
+    patches = tf.keras.Input((patch_size, patch_size, channels), name="patches")
+    x = patches
+    for i in range(num_stages):
+        filters = base_filters * 2**i
+        # A per-channel bias before GroupNorm is (nearly) cancelled by it.
+        x = tf.keras.layers.Conv2D(filters, 4, strides=2, padding="same",
+                                   use_bias=i == 0)(x)
+        if i > 0:
+            x = tf.keras.layers.GroupNormalization(groups=math.gcd(32, filters))(x)
+        x = tf.keras.layers.LeakyReLU(0.2)(x)
+    x = tf.keras.layers.Flatten()(x)
+    score = tf.keras.layers.Dense(1, dtype="float32")(x)
+    return tf.keras.Model(patches, score, name="critic")
