@@ -9,6 +9,15 @@ centre line); the image adds partial volume, point-spread blur, textured grey/wh
 tissue, a smooth multiplicative bias field and Rician noise, so intensity alone is an imperfect
 segmenter.
 
+What makes real TOF-MRA hard for a global threshold is modelled too: inflow saturation (the
+arterial signal fades along the path travelled through the slab, so distal small vessels are
+dim); a strong, low-order bias field dominated by an inferior-superior ramp and an in-plane
+centre-periphery term (coil coverage, TONE flip-angle ramp), about +-30-50% over the brain; and
+bright non-vessel structures that skull stripping leaves at the brain surface and that are never
+labelled: a transverse-sinus-like venous tube along the posterior surface and patchy fat/marrow
+remnants in a thin surface shell. They are as bright as small arteries but differ in shape
+and position (thicker than any artery, sheet- or blob-like, hugging the mask boundary).
+
 Geometry: world coordinates are RAS+ millimetres (x left->right, y posterior->anterior,
 z inferior->superior) with the origin at the centre of the voxel grid; axis 2 is axial. The brain
 ellipsoid and the tree's anchor points scale with the field of view; vessel radii are absolute
@@ -32,7 +41,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import nibabel as nib
 import numpy as np
 from absl import app, flags, logging
-from scipy import fft, interpolate, ndimage
+from scipy import fft, interpolate, ndimage, special
 
 CASE_PREFIX = "phantom_"
 SUBFOLDERS = ("imagesTr", "labelsTr", "masksTr", "imagesTs", "labelsTs", "masksTs")
@@ -48,7 +57,9 @@ class PhantomConfig:
     tissue_intensity: float = 200.0   # white-matter-like mean (grey matter ~25% darker)
     vessel_intensity: float = 900.0   # fully occupied voxel of a large proximal artery
     noise_sigma: float = 25.0         # std of each Gaussian channel of the Rician noise
-    bias_strength: float = 0.2        # std of the log of the multiplicative bias field
+    bias_strength: float = 0.25       # std over the brain of the log of the bias field
+    saturation_per_mm: float = 0.006  # relative inflow-signal loss per mm of arterial path
+    distractor_intensity: float = 300.0  # surface sinus / fat remnants (0: none)
     psf_sigma_voxels: float = 0.5     # Gaussian point-spread blur of the vessel signal
     tortuosity: float = 1.0           # scales centre-line wiggle (0 = smooth curves)
     max_branches: int = 700           # cap on free-growing branches per volume
@@ -61,7 +72,8 @@ class PhantomConfig:
         if not 0 < self.min_radius_mm < self.max_radius_mm:
             raise ValueError("need 0 < min_radius_mm < max_radius_mm")
         for name in ("tissue_intensity", "vessel_intensity", "noise_sigma", "bias_strength",
-                     "psf_sigma_voxels", "tortuosity", "max_branches"):
+                     "saturation_per_mm", "distractor_intensity", "psf_sigma_voxels",
+                     "tortuosity", "max_branches"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         # Normalise so equal configs compare (and serialise) equal.
@@ -217,8 +229,10 @@ class _TreeBuilder:
     def grow_all(self):
         """Breadth-first growth of all queued sub-trees (so the branch cap is shared fairly):
         each branch tapers, sprouts thin side branches and ends in a Murray's-law bifurcation
-        (r^3 = r1^3 + r2^3); growth stops below the minimum radius or at the branch cap."""
+        (r^3 = r1^3 + r2^3); growth stops below the minimum radius or at the branch cap.
+        Inflow saturation: the gain drops by exp(-saturation_per_mm * path length)."""
         rng, r_min = self.rng, self.config.min_radius_mm
+        decay = self.config.saturation_per_mm
         branches = 0
         while self.queue and branches < self.config.max_branches:
             p0, d0, r0, g = self.queue.popleft()
@@ -229,14 +243,16 @@ class _TreeBuilder:
             r1 = max(r_min, r0 * rng.uniform(0.75, 0.9))
             points = self._walk(p0, d0, length, r0)
             radii = np.linspace(r0, r1, len(points))
-            self._add(points, radii, g)
+            self._add(points, radii, g * math.exp(-0.5 * decay * length))
             for _ in range(rng.poisson(length / (10.0 * self.scale))):
                 k = int(rng.integers(1, len(points) - 1))
                 tangent = _unit(points[k + 1] - points[k - 1])
                 angle = math.radians(rng.uniform(45, 85))
                 side = math.cos(angle) * tangent + math.sin(angle) * _perpendicular(rng, tangent)
                 self.sprout(points[k], side, radii[k] * rng.uniform(0.3, 0.55),
-                            g * rng.uniform(0.9, 1.0))
+                            g * math.exp(-decay * length * k / (len(points) - 1))
+                            * rng.uniform(0.9, 1.0))
+            g *= math.exp(-decay * length)
             end_dir = _unit(points[-1] - points[-2])
             ratio = rng.uniform(0.4, 1.0)  # asymmetry of the bifurcation
             big = r1 / (1.0 + ratio ** 3) ** (1.0 / 3.0)
@@ -362,23 +378,46 @@ def _brain_semi_axes(config: PhantomConfig) -> np.ndarray:
     return extent * np.array([0.42, 0.44, 0.75])
 
 
-def _bias_field(rng: np.random.Generator, coords, strength: float) -> np.ndarray:
-    """Smooth multiplicative coil-sensitivity-like field (exp of a random quadratic whose log
-    has std ``strength``) times a per-patient receiver gain (log std 0.1)."""
+def _bias_field(rng: np.random.Generator, coords, inside: np.ndarray,
+                strength: float) -> np.ndarray:
+    """Smooth multiplicative field of a TOF slab: a dominant inferior-superior ramp (receive
+    coverage falls off towards the neck; TONE pulses raise the flip angle towards the top), a
+    centre-periphery term of a receive array and random low-order terms, scaled so that its
+    log has std ``strength`` over ``inside``; times a per-patient receiver gain (log std 0.1)."""
     x, y, z = coords
-    log_bias = (rng.normal(0, 1, 3) * 0.6).tolist()
-    quad = (rng.normal(0, 1, 6) * 0.4).tolist()
-    field = (log_bias[0] * x + quad[0] * x * x) + (log_bias[1] * y + quad[1] * y * y)
-    field = field + (log_bias[2] * z + quad[2] * z * z) + quad[3] * x * y
-    field = field + (quad[4] * x * z + quad[5] * y * z)
-    field -= field.mean()
-    field *= strength / max(float(field.std()), 1e-12)
+    s = z / float(np.abs(z).max())  # -1 at the bottom slice, +1 at the top
+    k = (rng.normal(0, 1, 6) * 0.3).tolist()
+    ramp = float(rng.choice((-1.0, 1.0))) * rng.uniform(0.6, 1.0)
+    field = (ramp * s + k[0] * s * s) + (k[1] * x + k[2] * y)
+    field = field + rng.normal(0.3, 0.2) * (x * x + y * y)
+    field = field + (k[3] * x * y + k[4] * x * s + k[5] * y * s)
+    values = field[inside]
+    field -= values.mean()
+    field *= strength / max(float(values.std()), 1e-12)
     return np.exp(field + np.float32(rng.normal(0.0, 0.1)))
+
+
+def _surface_distractors(rng: np.random.Generator, config: PhantomConfig, coords,
+                         depth: np.ndarray) -> np.ndarray:
+    """Unlabelled bright structures at the brain surface, in units of distractor_intensity:
+    a transverse-sinus-like venous tube (radius 2-3.5 mm, thicker than any artery) running
+    along the posterior surface at a random height, and patchy fat/marrow-like remnants in the
+    outer 1-2.5 mm. ``depth``: approximate distance (mm) below the mask surface."""
+    x, y, z = coords
+    z_mm = z * float(_brain_semi_axes(config)[2])
+    radius = rng.uniform(2.0, 3.5)
+    centre_z = rng.uniform(-0.6, 0.6) * float(z_mm.max()) + rng.uniform(-8.0, 8.0) * x
+    dist = np.sqrt((depth - 0.8 * radius) ** 2 + (z_mm - centre_z) ** 2)
+    sinus = special.expit((radius - dist) / 0.4) * special.expit(-10.0 * (y + 0.6))
+    patches = _random_field(rng, config, 6.0)
+    shell = special.expit((rng.uniform(1.0, 2.5) - depth) / 0.4)
+    fat = shell * special.expit(6.0 * (patches - rng.uniform(1.4, 2.0)))
+    return np.maximum(rng.uniform(0.4, 0.8) * sinus, rng.uniform(0.4, 0.8) * fat)
 
 
 def make_volume(seed: int, config: PhantomConfig = PhantomConfig()) -> Phantom:
     """One synthetic patient, fully determined by ``seed`` (a non-negative int) and config."""
-    tree_seed, tissue_seed, noise_seed = np.random.SeedSequence(seed).spawn(3)
+    tree_seed, tissue_seed, noise_seed, distractor_seed = np.random.SeedSequence(seed).spawn(4)
     tissue_rng = np.random.default_rng(tissue_seed)
     semi_axes = _brain_semi_axes(config)
     coords = _normalised_coords(config, semi_axes)
@@ -397,16 +436,22 @@ def make_volume(seed: int, config: PhantomConfig = PhantomConfig()) -> Phantom:
         signal = ndimage.gaussian_filter(signal, config.psf_sigma_voxels, truncate=3.0)
 
     # Tissue: white-matter-like core, darker grey-matter-like islands and cortical rim, dark
-    # CSF-like sulci near the surface, fine texture.
+    # CSF-like sulci near the surface, fine texture; bright unlabelled sinus/fat remnants on the
+    # surface (own random stream, so switching them off leaves the rest of the volume as is).
     wm = config.tissue_intensity
     structure = _random_field(tissue_rng, config, 4.0)
     grey = 1.0 / (1.0 + np.exp(-(2.0 * structure - 1.5 + 12.0 * (rho - 0.82))))
     sulci = 1.0 / (1.0 + np.exp(-(3.0 * structure - 6.0 + 30.0 * (rho - 0.9))))
     texture = _random_field(tissue_rng, config, 0.7)
     tissue = wm * (1.0 - 0.25 * grey - 0.5 * sulci) * (1.0 + 0.06 * texture)
+    if config.distractor_intensity > 0:
+        depth = (1.0 + 0.03 * wobble - rho) * float(np.mean(semi_axes[:2]))
+        bright = _surface_distractors(np.random.default_rng(distractor_seed), config, coords,
+                                      depth)
+        tissue += config.distractor_intensity * bright * (1.0 + 0.1 * texture)
 
     clean = tissue * (1.0 - occupancy) + signal
-    clean *= _bias_field(tissue_rng, coords, config.bias_strength)
+    clean *= _bias_field(tissue_rng, coords, mask, config.bias_strength)
     noise_rng = np.random.default_rng(noise_seed)
     sigma = np.float32(config.noise_sigma)
     real = clean + sigma * noise_rng.standard_normal(config.shape, dtype=np.float32)
