@@ -11,6 +11,9 @@ import math
 import tensorflow as tf
 
 MAX_STAGES = 5
+# Generator BatchNorm: moving statistics (used at export/inference) must track the training
+# statistics within the few hundred generator steps of a CPU run; Keras' 0.99 lags far behind.
+BN_MOMENTUM = 0.9
 
 
 def default_num_stages(patch_size):
@@ -45,13 +48,13 @@ def build_generator(latent_dim=128, patch_size=96, base_filters=96, channels=2,
     latent = tf.keras.Input((latent_dim,), name="latent")
     x = tf.keras.layers.Dense(seed * seed * filters, use_bias=False)(latent)
     x = tf.keras.layers.Reshape((seed, seed, filters))(x)
-    x = tf.keras.layers.BatchNormalization()(x)
+    x = tf.keras.layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
     x = tf.keras.layers.ReLU()(x)
     for _ in range(num_stages - 1):
         filters //= 2
         x = tf.keras.layers.Conv2DTranspose(filters, 4, strides=2, padding="same",
                                             use_bias=False)(x)
-        x = tf.keras.layers.BatchNormalization()(x)
+        x = tf.keras.layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
         x = tf.keras.layers.ReLU()(x)
     x = tf.keras.layers.Conv2DTranspose(channels, 4, strides=2, padding="same")(x)
     patches = tf.keras.layers.Activation("tanh", dtype="float32")(x)
