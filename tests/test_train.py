@@ -203,3 +203,22 @@ def test_export_command_reexports_from_checkpoint(private_run):
     after = tf.saved_model.load(gen).signatures["serving_default"](latent=z)
     np.testing.assert_allclose(before["image"].numpy(), after["image"].numpy(), atol=1e-5)
     assert os.path.isfile(os.path.join(gen, "assets.extra", "privacy.json"))
+
+
+def test_wgan_gp_trains_privately(patch_records, tmp_path):
+    gan_config = wgan.WGANConfig(latent_dim=8, loss="wgan_gp", optimizer="adam",
+                                 critic_lr=1e-4, generator_lr=1e-4)
+    config = train.TrainConfig(workdir=str(tmp_path / "gp"), data=patch_records, epsilon=3.0,
+                               **dict(TINY, critic_steps=4, gan=gan_config))
+    card = train.train(config)
+    assert card["critic_steps"] == 4 and 2.7 <= card["epsilon"] <= 3.0
+    # the penalty is part of the per-example loss, and there is no weight clipping
+    gan = train.build_wgan(dataclasses.replace(config, gan=dataclasses.replace(
+        gan_config, critic_lr=0.05)), 16, {"noise_multiplier": 0.5})
+    real = tf.random.uniform([5, 16, 16, 2], -1, 1, seed=4)
+    fake = tf.random.uniform([5, 16, 16, 2], -1, 1, seed=5)
+    plain = dp_clip.wgan_critic_loss(gan.critic, (real, fake))
+    assert np.all(gan.per_example_loss(gan.critic, (real, fake)).numpy() > plain.numpy())
+    for _ in range(3):
+        gan.critic_step(real)
+    assert max(np.abs(v.numpy()).max() for v in gan.critic.trainable_variables) > 0.01
