@@ -37,8 +37,8 @@ def serialize(image: np.ndarray, label: np.ndarray, patient_id: str, slice_index
     """One patch as a serialised ``tf.train.Example``."""
     height, width = image.shape
     feature = {
-        "image": tf.train.Feature(float_list=tf.train.FloatList(
-            value=np.asarray(image, np.float32).ravel())),
+        "image": tf.train.Feature(float_list=tf.train.FloatList(  # tolist: fastest path here
+            value=np.asarray(image, np.float32).ravel().tolist())),
         "label": tf.train.Feature(bytes_list=tf.train.BytesList(
             value=[np.asarray(label, np.uint8).tobytes()])),
         "height": _int64([height]),
