@@ -222,3 +222,14 @@ def test_wgan_gp_trains_privately(patch_records, tmp_path):
     for _ in range(3):
         gan.critic_step(real)
     assert max(np.abs(v.numpy()).max() for v in gan.critic.trainable_variables) > 0.01
+
+
+def test_demo_flagfile_is_the_default(monkeypatch):
+    parsed = []
+    for argv in (["train"], ["train", "--flagfile=flags/demo.cfg"]):
+        fv = absl_flags.FlagValues()
+        train.define_flags(fv)
+        monkeypatch.chdir(ROOT)
+        fv(argv)
+        parsed.append(train.config_from_flags(fv))
+    assert parsed[0] == parsed[1]

@@ -45,11 +45,12 @@ class TrainConfig:
     noise_multiplier: Optional[float] = None  # given: epsilon is computed (or caps the steps)
     accountant: str = "rdp"
     l2_norm_clip: float = 1.0
-    batch_size: int = 32                     # expected batch size (Poisson)
-    critic_steps: int = 1000                 # planned critic (DP) steps
+    # Defaults = flags/demo.cfg: sized for <= 15 minutes on a 2-core CPU.
+    batch_size: int = 64                     # expected batch size (Poisson)
+    critic_steps: int = 2000                 # planned critic (DP) steps
     critic_steps_per_generator_step: int = 5
-    base_filters: int = 32
-    gan: wgan.WGANConfig = wgan.WGANConfig()
+    base_filters: int = 16
+    gan: wgan.WGANConfig = wgan.WGANConfig(critic_lr=2e-4, generator_lr=2e-4)
     summary_every: int = 50
     image_every: int = 250
     checkpoint_every: int = 200
@@ -293,7 +294,7 @@ def define_flags(fv: flags.FlagValues = FLAGS):
     """Define the command-line flags on ``fv`` (only when run as a program, or in tests)."""
     fdef = _FlagDefiner(fv)
     d = TrainConfig(workdir="")
-    g = wgan.WGANConfig()
+    g = d.gan
     p = default_data.PhantomDataConfig()
     fdef.DEFINE_string("workdir", None, "Folder for everything the run produces "
                        "(default: runs/eps<epsilon>).")
