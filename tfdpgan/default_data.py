@@ -37,10 +37,10 @@ class PhantomDataConfig:
         return phantom.PhantomConfig(shape=self.shape)
 
     def key(self) -> str:
-        """Cache key: these settings, the full phantom config and the tfdpgan version (so a
-        changed generator never reuses stale data)."""
+        """Cache key: these settings, the full phantom config, the phantom generator version
+        and the tfdpgan version (so a changed generator never reuses stale data)."""
         text = json.dumps([dataclasses.asdict(self), dataclasses.asdict(self.phantom_config()),
-                           tfdpgan.__version__], sort_keys=True)
+                           phantom.GENERATOR_VERSION, tfdpgan.__version__], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -44,6 +44,8 @@ from absl import app, flags, logging
 from scipy import fft, interpolate, ndimage, special
 
 CASE_PREFIX = "phantom_"
+# Bump when the generator's output changes for the same seed and config (invalidates caches).
+GENERATOR_VERSION = 2
 SUBFOLDERS = ("imagesTr", "labelsTr", "masksTr", "imagesTs", "labelsTs", "masksTs")
 
 
@@ -409,9 +411,9 @@ def _surface_distractors(rng: np.random.Generator, config: PhantomConfig, coords
     centre_z = rng.uniform(-0.6, 0.6) * float(z_mm.max()) + rng.uniform(-8.0, 8.0) * x
     dist = np.sqrt((depth - 0.8 * radius) ** 2 + (z_mm - centre_z) ** 2)
     sinus = special.expit((radius - dist) / 0.4) * special.expit(-10.0 * (y + 0.6))
-    patches = _random_field(rng, config, 6.0)
+    blobs = _random_field(rng, config, 6.0)
     shell = special.expit((rng.uniform(1.0, 2.5) - depth) / 0.4)
-    fat = shell * special.expit(6.0 * (patches - rng.uniform(1.4, 2.0)))
+    fat = shell * special.expit(6.0 * (blobs - rng.uniform(1.4, 2.0)))
     return np.maximum(rng.uniform(0.4, 0.8) * sinus, rng.uniform(0.4, 0.8) * fat)
 
 
