@@ -73,6 +73,22 @@ def test_generator_export_signature_and_card(private_run):
     assert os.path.isfile(os.path.join(config.workdir, "samples.png"))
 
 
+def test_released_generator_carries_no_patient_details(private_run, patch_records):
+    config, _ = private_run
+    gen = os.path.join(config.workdir, "generator")
+    assert sorted(os.listdir(os.path.join(gen, "assets.extra"))) == [
+        "normalization.json", "privacy.json"]
+    info = records.read_dataset_json(patch_records)
+    # distinctive private strings of dataset.json: source checksums and paths
+    secrets = [patch_records.encode()] + [
+        value.encode() for p in info["patients"].values()
+        for value in [*p["sha256"].values(), p["files"]["image"]]]
+    for folder, _, files in os.walk(gen):
+        for name in files:
+            data = open(os.path.join(folder, name), "rb").read()
+            assert not any(s in data for s in secrets), name
+
+
 def test_tensorboard_tags(private_run):
     config, _ = private_run
     tags = set()
@@ -203,6 +219,7 @@ def test_export_command_reexports_from_checkpoint(private_run):
     after = tf.saved_model.load(gen).signatures["serving_default"](latent=z)
     np.testing.assert_allclose(before["image"].numpy(), after["image"].numpy(), atol=1e-5)
     assert os.path.isfile(os.path.join(gen, "assets.extra", "privacy.json"))
+    assert os.path.isfile(os.path.join(gen, "assets.extra", "normalization.json"))
 
 
 def test_wgan_gp_trains_privately(patch_records, tmp_path):

@@ -3,11 +3,13 @@
 Signature ``serving_default``: input ``latent`` float32 [None, latent_dim] -> outputs
 ``image`` float32 [None, H, W, 1] in the normalised intensity scale of dataset.json ([-1, 1])
 and ``label`` float32 [None, H, W, 1] in {0, 1} (the generator's label channel thresholded at
-0). ``assets.extra/privacy.json`` holds the card; ``assets.extra/dataset.json`` the
-normalisation needed to map images back to scanner units. Outputs appear atomically.
+0). ``assets.extra/privacy.json`` holds the card; ``assets.extra/normalization.json`` the
+data-independent description of the intensity scale (method and formula; never per-patient
+parameters, ids or file names, which are private). Outputs appear atomically.
 
   python -m tfdpgan.export --workdir=W      (re-export from W's latest checkpoint)
 """
+import json
 import os
 import shutil
 import sys
@@ -17,6 +19,7 @@ import tensorflow as tf
 from absl import app, flags
 
 GENERATOR_DIR = "generator"
+NORMALIZATION_JSON = "normalization.json"
 
 
 class _Sampler(tf.Module):
@@ -33,10 +36,12 @@ class _Sampler(tf.Module):
         return {"image": image, "label": label}
 
 
-def export_generator(generator: tf.keras.Model, out_dir: str, extra_files: dict = None):
+def export_generator(generator: tf.keras.Model, out_dir: str, extra_json: dict = None):
     """Save ``generator`` (latent -> [B, H, W, 2] in [-1, 1]) as a SavedModel at ``out_dir``.
 
-    ``extra_files`` maps a file name to the path of a file copied into assets.extra/.
+    ``extra_json`` maps a file name to an object written as JSON into assets.extra/; it is
+    released with the generator, so it must hold nothing derived from private data beyond
+    the DP guarantee.
     """
     sampler = _Sampler(generator, int(generator.input_shape[-1]))
     concrete = sampler.serve.get_concrete_function()
@@ -47,8 +52,9 @@ def export_generator(generator: tf.keras.Model, out_dir: str, extra_files: dict 
         tf.saved_model.save(sampler, staging, signatures={"serving_default": concrete})
         extra = os.path.join(staging, "assets.extra")
         os.makedirs(extra, exist_ok=True)
-        for name, path in (extra_files or {}).items():
-            shutil.copyfile(path, os.path.join(extra, name))
+        for name, obj in (extra_json or {}).items():
+            with open(os.path.join(extra, name), "w") as f:
+                json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False)
         if os.path.exists(out_dir):
             old = out_dir + ".old"
             shutil.rmtree(old, ignore_errors=True)

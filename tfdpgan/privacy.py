@@ -98,8 +98,8 @@ def render_markdown(card: dict) -> str:
                 "**What this means for a patient:** the unit is a single 2-D patch, and each "
                 f"patient contributed up to {k} patches. By group privacy the guarantee for a "
                 f"whole patient is only ({_fmt(eps_k)}, {_fmt(delta_k)})-DP, which for "
-                "large k is no meaningful protection. Use `--privacy_unit=patient` for a "
-                "patient-level guarantee.", ""]
+                "large k is no meaningful protection. A patient-level guarantee needs "
+                "patient-level DP (one record per patient), which this run did not use.", ""]
     lines += [
         "## What is protected",
         "- The generator (SavedModel) and every image+label pair sampled from it: they are "

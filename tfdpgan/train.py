@@ -182,7 +182,7 @@ def train(config: TrainConfig, flags_text: str = "") -> dict:
             manager.save(checkpoint_number=s)
     if manager.latest_checkpoint != os.path.join(manager.directory, f"ckpt-{int(step)}"):
         manager.save(checkpoint_number=int(step))
-    return finish(workdir, gan, config, plan, int(step), info, rec_dir, writer)
+    return finish(workdir, gan, config, plan, int(step), info, writer)
 
 
 def _epsilon(config, plan, steps):
@@ -224,7 +224,7 @@ def _write_images(writer, gan, s, n):
     return grid
 
 
-def finish(workdir, gan, config, plan, steps_run, info, rec_dir, writer) -> dict:
+def finish(workdir, gan, config, plan, steps_run, info, writer) -> dict:
     """Privacy card, samples.png and the exported generator, from the steps actually run."""
     card = _card(config, plan, steps_run, info)
     privacy.write_card(workdir, card)
@@ -237,10 +237,15 @@ def finish(workdir, gan, config, plan, steps_run, info, rec_dir, writer) -> dict
             with open(flags_path) as f:
                 tf.summary.text("run/flags", "```\n" + f.read() + "\n```", step=steps_run)
     writer.flush()
-    export.export_generator(gan.generator, os.path.join(workdir, export.GENERATOR_DIR), {
-        privacy.PRIVACY_JSON: os.path.join(workdir, privacy.PRIVACY_JSON),
-        records.DATASET_JSON: os.path.join(rec_dir, records.DATASET_JSON)})
+    export.export_generator(gan.generator, os.path.join(workdir, export.GENERATOR_DIR),
+                            _release_assets(card, info))
     return card
+
+
+def _release_assets(card: dict, info: dict) -> dict:
+    """What travels with the generator: the card and the data-independent part of the
+    normalisation (dataset.json's per-patient entries are private and stay behind)."""
+    return {privacy.PRIVACY_JSON: card, export.NORMALIZATION_JSON: info["normalization"]}
 
 
 def export_from_workdir(workdir: str) -> str:
@@ -258,9 +263,8 @@ def export_from_workdir(workdir: str) -> str:
         raise FileNotFoundError(f"{workdir}: no checkpoint to export")
     ckpt.restore(latest).expect_partial()
     out = os.path.join(workdir, export.GENERATOR_DIR)
-    export.export_generator(gan.generator, out, {
-        privacy.PRIVACY_JSON: os.path.join(workdir, privacy.PRIVACY_JSON),
-        records.DATASET_JSON: os.path.join(run["data"], records.DATASET_JSON)})
+    export.export_generator(gan.generator, out, _release_assets(
+        privacy.read_card(workdir), records.read_dataset_json(run["data"])))
     return out
 
 

@@ -77,7 +77,7 @@ class WGAN(tf.Module):
     def per_example_loss(self, critic, inputs):
         """loss_i for pairs (real_i, fake_i); depends on example i only."""
         real, fake = inputs
-        loss = critic(fake, training=True)[:, 0] - critic(real, training=True)[:, 0]
+        loss = dp_clip.wgan_critic_loss(critic, inputs)
         if self.config.loss == "wgan_gp":
             alpha = tf.random.uniform([tf.shape(real)[0], 1, 1, 1])
             mixed = alpha * real + (1.0 - alpha) * fake
