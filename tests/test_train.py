@@ -250,3 +250,14 @@ def test_demo_flagfile_is_the_default(monkeypatch):
         fv(argv)
         parsed.append(train.config_from_flags(fv))
     assert parsed[0] == parsed[1]
+
+
+def test_bad_data_folder_fails_cleanly(tmp_path):
+    workdir = str(tmp_path / "w")
+    done = subprocess.run([sys.executable, "-m", "tfdpgan.train", f"--data={tmp_path}/missing",
+                           f"--workdir={workdir}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "missing/dataset.json" in errors[0]
+    assert not os.path.exists(workdir)

@@ -128,13 +128,13 @@ def _check_same_run(workdir: str, run: dict):
 def train(config: TrainConfig, flags_text: str = "") -> dict:
     """Run (or resume) training in ``config.workdir``; returns the final privacy card."""
     workdir = config.workdir
-    os.makedirs(workdir, exist_ok=True)
-    if flags_text:
-        records.write_text_atomic(os.path.join(workdir, "flags.txt"), flags_text)
     rec_dir = config.data or default_data.prepare(config.phantom, config.cache_dir)[1]
     info = records.read_dataset_json(rec_dir)
     arrays = pipeline.load_arrays(rec_dir, "train")
     plan = _plan(config, len(arrays))
+    os.makedirs(workdir, exist_ok=True)  # only once the data and the settings are valid
+    if flags_text:
+        records.write_text_atomic(os.path.join(workdir, "flags.txt"), flags_text)
     run = {k: v for k, v in dataclasses.asdict(config).items()
            if k not in ("summary_every", "image_every", "checkpoint_every", "keep_checkpoints")}
     run.update(plan, data=os.path.abspath(rec_dir), epsilon=str(config.epsilon))
