@@ -24,8 +24,8 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from tfdpgan import (default_data, metrics, patches, pipeline, records, stitching, unet,
-                    volumes)
+from tfdpgan import (atomic, default_data, metrics, patches, pipeline, records, stitching,
+                    unet, volumes)
 
 flags.DEFINE_integer("num_train", 8, "Training phantom patients (one of them becomes val).")
 flags.DEFINE_integer("num_test", 3, "Held-out test phantom patients.")
@@ -143,7 +143,7 @@ def main(argv):
     text = "\n".join(lines) + "\n"
     print(text, end="")
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-    records.write_text_atomic(FLAGS.output, text)
+    atomic.write_text_atomic(FLAGS.output, text)
 
 
 if __name__ == "__main__":

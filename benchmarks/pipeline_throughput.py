@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from tfdpgan import convert, dp_clip, models, phantom, pipeline, volumes, wgan
+from tfdpgan import convert, models, phantom, pipeline, volumes, wgan
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("patients", 6, "Phantom training patients (default shape 192x192x48).")

@@ -13,8 +13,6 @@ deterministic for a given seed and case list.
 import dataclasses
 import datetime
 import os
-import shutil
-import tempfile
 import time
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -22,7 +20,7 @@ import numpy as np
 from absl import logging
 
 import tfdpgan
-from tfdpgan import patches, records, volumes
+from tfdpgan import atomic, patches, records, volumes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,34 +108,27 @@ def convert(train_cases: Sequence[volumes.Case], out_dir: str, config: ConvertCo
     for split, ids in splits.items():
         split_of.update({pid: split for pid in ids})
 
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
     writers = {}
-    try:
-        for split, ids in splits.items():
-            if ids:
-                writers[split] = records.ShardWriter(
-                    staging, split, min(config.num_shards, len(ids)))
-        patients, start = {}, time.time()
-        for done, case in enumerate(all_cases, start=1):
-            split = split_of[case.patient_id]
-            patients[case.patient_id] = _convert_case(
-                case, config, writers[split], splits[split].index(case.patient_id))
-            patients[case.patient_id]["split"] = split
-            progress(done, len(all_cases), case.patient_id,
-                     patients[case.patient_id]["num_patches"], start)
-        for writer in writers.values():
-            writer.close()
+    with atomic.staged_dir(out_dir, overwrite) as staging:
+        try:
+            for split, ids in splits.items():
+                if ids:
+                    writers[split] = records.ShardWriter(
+                        staging, split, min(config.num_shards, len(ids)))
+            patients, start = {}, time.time()
+            for done, case in enumerate(all_cases, start=1):
+                split = split_of[case.patient_id]
+                patients[case.patient_id] = _convert_case(
+                    case, config, writers[split], splits[split].index(case.patient_id))
+                patients[case.patient_id]["split"] = split
+                progress(done, len(all_cases), case.patient_id,
+                         patients[case.patient_id]["num_patches"], start)
+        finally:
+            for writer in writers.values():
+                writer.close()
         info = _dataset_info(config, splits, patients, writers, converter_flags)
-        records.write_json_atomic(os.path.join(staging, records.DATASET_JSON), info)
-        _publish(staging, out_dir)
-        return info
-    except BaseException:
-        for writer in writers.values():
-            writer.close()
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        atomic.write_json_atomic(os.path.join(staging, records.DATASET_JSON), info)
+    return info
 
 
 def _convert_case(case, config: ConvertConfig, writer: records.ShardWriter,
@@ -202,15 +193,3 @@ def _dataset_info(config, splits, patients, writers, converter_flags) -> dict:
         "seed": config.seed,
         "converter_flags": converter_flags or dataclasses.asdict(config),
     }
-
-
-def _publish(staging: str, out_dir: str):
-    """Move the finished staging folder into place (replacing an old dataset if allowed)."""
-    if os.path.exists(out_dir):
-        trash = tempfile.mkdtemp(dir=os.path.dirname(out_dir),
-                                 prefix=f".{os.path.basename(out_dir)}.old-")
-        os.replace(out_dir, os.path.join(trash, "old"))
-        os.replace(staging, out_dir)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(staging, out_dir)

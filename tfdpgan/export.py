@@ -9,14 +9,13 @@ parameters, ids or file names, which are private). Outputs appear atomically.
 
   python -m tfdpgan.export --workdir=W      (re-export from W's latest checkpoint)
 """
-import json
 import os
-import shutil
 import sys
-import tempfile
 
 import tensorflow as tf
 from absl import app, flags
+
+from tfdpgan import atomic
 
 GENERATOR_DIR = "generator"
 NORMALIZATION_JSON = "normalization.json"
@@ -45,27 +44,12 @@ def export_generator(generator: tf.keras.Model, out_dir: str, extra_json: dict =
     """
     sampler = _Sampler(generator, int(generator.input_shape[-1]))
     concrete = sampler.serve.get_concrete_function()
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=parent, prefix=".generator.tmp-")
-    try:
+    with atomic.staged_dir(out_dir, overwrite=True) as staging:
         tf.saved_model.save(sampler, staging, signatures={"serving_default": concrete})
         extra = os.path.join(staging, "assets.extra")
         os.makedirs(extra, exist_ok=True)
         for name, obj in (extra_json or {}).items():
-            with open(os.path.join(extra, name), "w") as f:
-                json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False)
-        if os.path.exists(out_dir):
-            old = out_dir + ".old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(staging, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            atomic.write_json_atomic(os.path.join(extra, name), obj)
 
 
 def load_generator(path: str):

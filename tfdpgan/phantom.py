@@ -34,14 +34,14 @@ import dataclasses
 import json
 import math
 import os
-import shutil
-import tempfile
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import nibabel as nib
 import numpy as np
 from absl import app, flags, logging
 from scipy import fft, interpolate, ndimage, special
+
+from tfdpgan import atomic
 
 CASE_PREFIX = "phantom_"
 # Bump when the generator's output changes for the same seed and config (invalidates caches).
@@ -502,13 +502,6 @@ def _integer(name: str, value, minimum: int) -> int:
     return int(value)
 
 
-def _remove(path: str):
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    else:
-        os.remove(path)
-
-
 def write_dataset(out_dir: str, num_patients: int, num_test: int = 4, seed: int = 0,
                   config: PhantomConfig = PhantomConfig(),
                   progress: Optional[Callable[[int, int], None]] = None,
@@ -529,11 +522,7 @@ def write_dataset(out_dir: str, num_patients: int, num_test: int = 4, seed: int 
         raise FileExistsError(f"{out_dir} already exists; pass overwrite=True "
                               f"(--overwrite) to replace it")
     ids = case_ids(num_patients, num_test)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    try:
-        os.chmod(tmp, 0o755)
+    with atomic.staged_dir(out_dir, overwrite) as tmp:
         for sub in SUBFOLDERS:
             os.mkdir(os.path.join(tmp, sub))
         entries = {"train": [], "test": []}
@@ -565,28 +554,7 @@ def write_dataset(out_dir: str, num_patients: int, num_test: int = 4, seed: int 
         }
         with open(os.path.join(tmp, "dataset.json"), "w") as f:
             json.dump(description, f, indent=1)
-        _move_into_place(tmp, out_dir, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ids
-
-
-def _move_into_place(tmp: str, out_dir: str, overwrite: bool):
-    """Rename the finished temporary folder to ``out_dir`` (replacing it if ``overwrite``)."""
-    if not os.path.lexists(out_dir):
-        os.rename(tmp, out_dir)
-        return
-    if not overwrite:
-        raise FileExistsError(f"{out_dir} appeared while the phantom was being written")
-    old = tmp + ".old"
-    os.rename(out_dir, old)
-    try:
-        os.rename(tmp, out_dir)
-    except BaseException:
-        os.rename(old, out_dir)
-        raise
-    _remove(old)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Optional
 from absl import app, flags
 
 import tfdpgan
-from tfdpgan import accounting
+from tfdpgan import accounting, atomic
 
 PRIVACY_JSON = "privacy.json"
 PRIVACY_MD = "PRIVACY.md"
@@ -131,9 +131,8 @@ def _fmt(x):
 
 def write_card(workdir: str, card: dict):
     """Write privacy.json and PRIVACY.md into ``workdir`` (each atomically)."""
-    from tfdpgan.records import write_json_atomic, write_text_atomic
-    write_json_atomic(os.path.join(workdir, PRIVACY_JSON), card)
-    write_text_atomic(os.path.join(workdir, PRIVACY_MD), render_markdown(card))
+    atomic.write_json_atomic(os.path.join(workdir, PRIVACY_JSON), card)
+    atomic.write_text_atomic(os.path.join(workdir, PRIVACY_MD), render_markdown(card))
 
 
 def read_card(workdir: str) -> dict:

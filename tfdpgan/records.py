@@ -11,7 +11,6 @@ Shards are GZIP-compressed: ``<split>-00000-of-00004.tfrecord.gz``.
 import glob
 import json
 import os
-import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -90,25 +89,6 @@ class ShardWriter:
     def close(self):
         for w in self._writers:
             w.close()
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Write a text file so that readers see either the old file or the complete new one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_json_atomic(path: str, obj) -> None:
-    """Write JSON atomically; NaN/Inf are refused (numbers stay JSON numbers)."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def read_dataset_json(rec_dir: str) -> dict:

@@ -13,10 +13,11 @@ import datetime
 import os
 import shutil
 import sys
-import tempfile
 
 import numpy as np
 from absl import app, flags
+
+from tfdpgan import atomic
 
 FORMATS = ("tfrecord", "nifti", "png")
 
@@ -41,7 +42,7 @@ def write_tfrecord(images, labels, out_dir: str, num_shards: int = 4, source: di
         writer.write(i, records.serialize(image, label, "synthetic", 0, (0, 0, 0)))
     writer.close()
     n = len(images)
-    records.write_json_atomic(os.path.join(out_dir, records.DATASET_JSON), {
+    atomic.write_json_atomic(os.path.join(out_dir, records.DATASET_JSON), {
         "format": "tfdpgan-patches-v1",
         "synthetic": True,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -106,10 +107,7 @@ def sample_to(generator_dir: str, num: int, out_dir: str, fmt: str, seed: int = 
                                 f"(no saved_model.pb)")
     fn, latent_dim, _ = export.load_generator(generator_dir)
     images, labels = generate(fn, latent_dim, num, seed)
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=parent, prefix=".samples.tmp-")
-    try:
+    with atomic.staged_dir(out_dir, overwrite) as staging:
         {"tfrecord": lambda: write_tfrecord(images, labels, staging,
                                             source={"generator": os.path.abspath(generator_dir),
                                                     "seed": seed}),
@@ -118,12 +116,6 @@ def sample_to(generator_dir: str, num: int, out_dir: str, fmt: str, seed: int = 
         card = os.path.join(generator_dir, "assets.extra", "privacy.json")
         if os.path.isfile(card):
             shutil.copyfile(card, os.path.join(staging, "privacy.json"))
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return images, labels
 
 

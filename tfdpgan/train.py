@@ -26,9 +26,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-import tfdpgan
-from tfdpgan import (accounting, default_data, export, models, pipeline, privacy, records,
-                     sample, wgan)
+from tfdpgan import (accounting, atomic, default_data, export, models, pipeline, privacy,
+                     records, sample, wgan)
 
 CHECKPOINT_DIR = "checkpoints"
 RUN_JSON = "run.json"
@@ -122,7 +121,7 @@ def _check_same_run(workdir: str, run: dict):
             raise ValueError(f"{workdir} holds a run with different settings ({', '.join(changed)}"
                              f"); use a new --workdir")
     else:
-        records.write_json_atomic(path, run)
+        atomic.write_json_atomic(path, run)
 
 
 def train(config: TrainConfig, flags_text: str = "") -> dict:
@@ -134,7 +133,7 @@ def train(config: TrainConfig, flags_text: str = "") -> dict:
     plan = _plan(config, len(arrays))
     os.makedirs(workdir, exist_ok=True)  # only once the data and the settings are valid
     if flags_text:
-        records.write_text_atomic(os.path.join(workdir, "flags.txt"), flags_text)
+        atomic.write_text_atomic(os.path.join(workdir, "flags.txt"), flags_text)
     run = {k: v for k, v in dataclasses.asdict(config).items()
            if k not in ("summary_every", "image_every", "checkpoint_every", "keep_checkpoints")}
     run.update(plan, data=os.path.abspath(rec_dir), epsilon=str(config.epsilon))

@@ -1,0 +1,47 @@
+"""Atomic outputs: a staged folder appears whole or not at all."""
+import os
+
+import pytest
+
+from tfdpgan import atomic
+
+
+def _write(folder, text):
+    with open(os.path.join(folder, "f.txt"), "w") as f:
+        f.write(text)
+
+
+def test_staged_dir_publishes_refuses_and_replaces(tmp_path):
+    out = str(tmp_path / "out")
+    with atomic.staged_dir(out) as staging:
+        _write(staging, "one")
+        assert not os.path.exists(out)
+    assert open(os.path.join(out, "f.txt")).read() == "one"
+    with pytest.raises(FileExistsError):
+        with atomic.staged_dir(out) as staging:
+            _write(staging, "two")
+    with atomic.staged_dir(out, overwrite=True) as staging:
+        _write(staging, "three")
+    assert open(os.path.join(out, "f.txt")).read() == "three"
+    assert os.listdir(tmp_path) == ["out"]  # no staging or trash folder left
+
+
+def test_staged_dir_failure_keeps_the_old_output(tmp_path):
+    out = str(tmp_path / "out")
+    with atomic.staged_dir(out) as staging:
+        _write(staging, "old")
+    with pytest.raises(RuntimeError):
+        with atomic.staged_dir(out, overwrite=True) as staging:
+            _write(staging, "half")
+            raise RuntimeError("interrupted")
+    assert open(os.path.join(out, "f.txt")).read() == "old"
+    assert os.listdir(tmp_path) == ["out"]
+
+
+def test_json_is_atomic_and_refuses_nan(tmp_path):
+    path = str(tmp_path / "a.json")
+    atomic.write_json_atomic(path, {"x": 1})
+    with pytest.raises(ValueError):
+        atomic.write_json_atomic(path, {"x": float("nan")})
+    assert open(path).read() == '{\n  "x": 1\n}\n'
+    assert os.listdir(tmp_path) == ["a.json"]

@@ -1,0 +1,63 @@
+"""Outputs that appear atomically: readers see either nothing (or the old version) or the
+complete new output, never a half-written one. No TensorFlow import (the phantom uses it)."""
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write a text file via a temporary sibling and a rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """Write JSON atomically; NaN/Inf are refused (numbers stay JSON numbers)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+@contextlib.contextmanager
+def staged_dir(out_dir: str, overwrite: bool = False):
+    """Yield a hidden staging folder beside ``out_dir``. On normal exit it is renamed to
+    ``out_dir`` (an existing ``out_dir`` is replaced only if ``overwrite``, else
+    FileExistsError); on any error it is removed and ``out_dir`` is left as it was."""
+    out_dir = os.path.abspath(out_dir)
+    parent, name = os.path.split(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".{name}.tmp-")
+    try:
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; outputs are ordinary folders
+        yield staging
+        _publish(staging, out_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _publish(staging: str, out_dir: str, overwrite: bool):
+    if not os.path.lexists(out_dir):
+        os.rename(staging, out_dir)
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out_dir}: already exists (it appeared while being written)")
+    parent, name = os.path.split(out_dir)
+    trash = tempfile.mkdtemp(dir=parent, prefix=f".{name}.old-")
+    old = os.path.join(trash, "old")
+    os.rename(out_dir, old)
+    try:
+        os.rename(staging, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)
+        raise
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
