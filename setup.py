@@ -21,6 +21,8 @@ setup(
         "scipy>=1.10,<1.14",
         "absl-py>=1.4",
         "tensorboard>=2.15,<2.16",
+        "matplotlib>=3.7,<4",      # sweep plot (PNG, Agg backend)
+        "scikit-learn>=1.3",       # audit: ROC curves / AUC
     ],
     extras_require={
         "test": ["pytest>=7.4"],

@@ -45,3 +45,13 @@ def test_json_is_atomic_and_refuses_nan(tmp_path):
         atomic.write_json_atomic(path, {"x": float("nan")})
     assert open(path).read() == '{\n  "x": 1\n}\n'
     assert os.listdir(tmp_path) == ["a.json"]
+
+
+def test_text_file_gets_ordinary_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "card.json"
+        atomic.write_json_atomic(str(path), {"a": 1})
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o644

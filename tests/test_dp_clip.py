@@ -314,3 +314,70 @@ def test_vmap_handles_gradient_penalty():
         model, _gradient_penalty_loss, pairs, clip)
     np.testing.assert_allclose(norms.numpy(), expected_norms, rtol=1e-4)
     _assert_grads_close(clipped_sum, expected)
+
+
+# --- records of k rows (patient-level DP) ---------------------------------------------------
+
+GROUP = 3  # rows per record: BATCH = 6 rows = 2 patients
+
+
+def _mean_pair_loss(critic, inputs):
+    """Row loss / k, so a record's loss is the mean over its k rows, as in TF Privacy's
+    microbatches (which average the loss vector within each microbatch)."""
+    return dp_clip.wgan_critic_loss(critic, inputs) / GROUP
+
+
+def _tf_privacy_microbatches(model, loss_fn, inputs, l2_norm_clip, num_microbatches):
+    optimizer = tensorflow_privacy.DPKerasSGDOptimizer(
+        l2_norm_clip=l2_norm_clip, noise_multiplier=0.0,
+        num_microbatches=num_microbatches, learning_rate=0.1)
+    grads_and_vars = optimizer._compute_gradients(  # pylint: disable=protected-access
+        lambda: loss_fn(model, inputs) * GROUP, model.trainable_variables)
+    return [g * num_microbatches for g, _ in grads_and_vars]
+
+
+@pytest.mark.parametrize("clip", ["binding", "none"])
+@pytest.mark.parametrize("method", ["auto", "ghost", "direct", "vmap"])
+def test_grouped_records_match_tf_privacy_microbatches(critic, pairs, reference, clip,
+                                                       method):
+    """Independent check: TF Privacy's microbatching clips the gradient of each
+    microbatch's mean loss; with k = 3 rows per record ours must give the same sum."""
+    l2_norm_clip = reference[clip][0]
+    if method == "vmap":
+        clipped_sum, norms = dp_clip.clipped_gradient_sum_vmap(
+            critic, _mean_pair_loss, pairs, l2_norm_clip, group_size=GROUP)
+    else:
+        clipped_sum, norms = dp_clip.clipped_gradient_sum(
+            critic, _mean_pair_loss, pairs, l2_norm_clip, method=method, group_size=GROUP)
+    assert norms.shape == (BATCH // GROUP,)
+    _assert_grads_close(clipped_sum, _tf_privacy_microbatches(
+        critic, _mean_pair_loss, pairs, l2_norm_clip, BATCH // GROUP))
+    # and the per-record norms are those of the group's summed gradient (naive loop)
+    for r in range(BATCH // GROUP):
+        rows = tuple(t[r * GROUP:(r + 1) * GROUP] for t in pairs)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(_mean_pair_loss(critic, rows))
+        grads = tape.gradient(loss, critic.trainable_variables)
+        np.testing.assert_allclose(norms[r].numpy(), tf.linalg.global_norm(grads).numpy(),
+                                   rtol=1e-4)
+
+
+def test_one_patient_moves_the_sum_by_at_most_the_clip(critic):
+    """Neighbouring batches: with and without one patient (k rows, one with an extreme
+    input so its gradient is huge). The clipped sums differ by <= C."""
+    real, fake = _pairs(3 * GROUP, (PATCH, PATCH, 2), 7)
+    real = tf.concat([real[:GROUP - 1] * 50.0, real[GROUP - 1:]], axis=0)  # patient 0
+    clip = 1e-3
+    with_patient, norms = dp_clip.clipped_gradient_sum(
+        critic, _mean_pair_loss, (real, fake), clip, group_size=GROUP)
+    without, _ = dp_clip.clipped_gradient_sum(
+        critic, _mean_pair_loss, (real[GROUP:], fake[GROUP:]), clip, group_size=GROUP)
+    assert norms[0] > 100 * clip
+    diff = tf.linalg.global_norm([a - b for a, b in zip(with_patient, without)])
+    assert float(diff) <= clip * (1 + 1e-4)
+    assert float(diff) >= clip * (1 - 1e-3)  # a clipped record contributes exactly C
+
+
+def test_group_size_must_divide_into_records(critic, pairs):
+    with pytest.raises(ValueError, match="group_size"):
+        dp_clip.clipped_gradient_sum(critic, _mean_pair_loss, pairs, 1.0, group_size=0)

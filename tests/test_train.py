@@ -146,7 +146,7 @@ def test_infinite_epsilon_is_really_non_private(patch_records, tmp_path, monkeyp
     gan._fakes_for = lambda n: fake[:n]
     gan.critic_step(real)
     with tf.GradientTape() as tape:
-        loss = tf.reduce_mean(twin.per_example_loss(twin.critic, (real, fake)))
+        loss = tf.reduce_mean(twin.per_example_loss(twin.critic, (real, fake, tf.ones([6]))))
     variables = twin.critic.trainable_variables
     twin.critic_optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
     for a, b in zip(gan.critic.trainable_variables, variables):
@@ -235,7 +235,8 @@ def test_wgan_gp_trains_privately(patch_records, tmp_path):
     real = tf.random.uniform([5, 16, 16, 2], -1, 1, seed=4)
     fake = tf.random.uniform([5, 16, 16, 2], -1, 1, seed=5)
     plain = dp_clip.wgan_critic_loss(gan.critic, (real, fake))
-    assert np.all(gan.per_example_loss(gan.critic, (real, fake)).numpy() > plain.numpy())
+    assert np.all(gan.per_example_loss(gan.critic, (real, fake, tf.ones([5]))).numpy()
+                  > plain.numpy())
     for _ in range(3):
         gan.critic_step(real)
     assert max(np.abs(v.numpy()).max() for v in gan.critic.trainable_variables) > 0.01

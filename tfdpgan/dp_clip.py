@@ -192,19 +192,27 @@ def _weighted_sum(c, per_example):
     return tf.tensordot(c, per_example, axes=1)
 
 
-def _linear_terms(layer, calls, grads, method):
-    """Per-example squared norms and clipped-sum function of Dense/Conv2D.
+def _group(x, group_size):
+    """[B, T, f] rows -> [B / k, k T, f]: consecutive rows of one record side by side."""
+    if group_size == 1:
+        return x
+    return tf.reshape(x, [-1, group_size * x.shape[1], x.shape[2]])
+
+
+def _linear_terms(layer, calls, grads, method, group_size=1):
+    """Per-record squared norms and clipped-sum function of Dense/Conv2D.
 
     All calls of the layer are concatenated along the position axis T (e.g.
-    T = 2 * H_out * W_out for the WGAN pair), so g_i = A_i^T G_i is the gradient
-    of the whole per-example loss. Kernel norm: ghost (sum_tt' (A A^T) * (G G^T),
+    T = 2 * H_out * W_out for the WGAN pair), and the rows of one record (k
+    consecutive rows, `group_size`) too, so g_i = A_i^T G_i is the gradient
+    of the whole per-record loss. Kernel norm: ghost (sum_tt' (A A^T) * (G G^T),
     O(T^2) memory) if 2 T^2 < d p, else direct (materialise A_i^T G_i, O(d p)),
     the space rule of mixed ghost clipping (Bu et al. 2022). A direct layer's
     clipped sum is then the c-weighted sum of those gradients; a ghost layer's
     is one GEMM A^T (c G) over the whole batch.
     """
-    a = tf.concat([_unfold(layer, x) for x, _ in calls], axis=1)
-    g = tf.concat([_positions(gz, gz.shape[-1]) for gz in grads], axis=1)
+    a = _group(tf.concat([_unfold(layer, x) for x, _ in calls], axis=1), group_size)
+    g = _group(tf.concat([_positions(gz, gz.shape[-1]) for gz in grads], axis=1), group_size)
     t, d, p = a.shape[1], a.shape[2], g.shape[2]
     ghost = method == "ghost" or (method == "auto" and 2 * t * t < d * p)
     if ghost:
@@ -235,8 +243,9 @@ def _linear_terms(layer, calls, grads, method):
     return sq_norms, clipped_sums
 
 
-def _norm_terms(layer, calls, grads):
-    """Per-example gradients of gamma/beta: sum over non-parameter axes."""
+def _norm_terms(layer, calls, grads, group_size=1):
+    """Per-record gradients of gamma/beta: sum over non-parameter axes (and over
+    the k rows of a record)."""
     rank = calls[0][0].shape.rank
     param_axes = _param_axes(layer, rank)
     axes = [a for a in range(1, rank) if a not in param_axes]
@@ -247,6 +256,9 @@ def _norm_terms(layer, calls, grads):
     if layer.center:
         per_example.append((layer.beta, tf.add_n(
             [tf.reduce_sum(gz, axes) for gz in grads])))
+    if group_size > 1:
+        per_example = [(v, tf.reduce_sum(tf.reshape(g, [-1, group_size, *g.shape[1:]]), 1))
+                       for v, g in per_example]
     sq_norms = tf.add_n([tf.reduce_sum(tf.square(g), list(range(1, g.shape.rank)))
                          for _, g in per_example])
 
@@ -268,8 +280,13 @@ def _check_losses(losses):
 
 
 def clipped_gradient_sum(model, per_example_loss_fn, inputs, l2_norm_clip,
-                         method="auto"):
-    """Sum over the batch of per-example gradients, each clipped to L2 norm C.
+                         method="auto", group_size=1):
+    """Sum over the batch of per-record gradients, each clipped to L2 norm C.
+
+    A record is one example (``group_size`` 1) or k = ``group_size``
+    consecutive rows of the batch (e.g. the k patches of one patient): the
+    record's gradient is that of the sum of its rows' losses, and it is
+    clipped as a whole. The batch size must be a multiple of k.
 
     Book-keeping ghost clipping: one forward pass records each trainable layer's
     input and pre-activation output z, one backward pass gives G = d(sum_i
@@ -289,13 +306,15 @@ def clipped_gradient_sum(model, per_example_loss_fn, inputs, l2_norm_clip,
       inputs: tensor or tuple of tensors, batch dimension first.
       l2_norm_clip: C (float or scalar tensor).
       method: "auto" (per-layer rule), or "ghost"/"direct" for every layer.
+      group_size: rows per record (static int >= 1).
 
     Returns:
-      (clipped_sum, per_example_norms): a list aligned with
-      `model.trainable_variables`, and the unclipped norms ||g_i|| [B].
+      (clipped_sum, per_record_norms): a list aligned with
+      `model.trainable_variables`, and the unclipped norms ||g_i|| [B / k].
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    _check_group_size(group_size)
     check_per_example(model)
     if not gradient_clipping_utils.has_internal_compute_graph(model):
         raise ValueError("model must be a functional or built Sequential model")
@@ -314,9 +333,9 @@ def clipped_gradient_sum(model, per_example_loss_fn, inputs, l2_norm_clip,
     for layer, layer_calls in zip(recorder.layers, calls):
         grads, flat_grads = flat_grads[:len(layer_calls)], flat_grads[len(layer_calls):]
         if type(layer) in _LINEAR_LAYERS:
-            terms.append(_linear_terms(layer, layer_calls, grads, method))
+            terms.append(_linear_terms(layer, layer_calls, grads, method, group_size))
         else:
-            terms.append(_norm_terms(layer, layer_calls, grads))
+            terms.append(_norm_terms(layer, layer_calls, grads, group_size))
     # Ghost norms are sums of products and may round to slightly below zero.
     norms = tf.sqrt(tf.maximum(tf.add_n([sq for sq, _ in terms]), 0.0))
     c = _clip_factors(norms, l2_norm_clip)
@@ -327,22 +346,23 @@ def clipped_gradient_sum(model, per_example_loss_fn, inputs, l2_norm_clip,
     return [sums.get(v.ref(), tf.zeros_like(v)) for v in model.trainable_variables], norms
 
 
-def clipped_gradient_sum_vmap(model, per_example_loss_fn, inputs, l2_norm_clip):
-    """Same contract as `clipped_gradient_sum`, via per-example gradients.
+def clipped_gradient_sum_vmap(model, per_example_loss_fn, inputs, l2_norm_clip,
+                              group_size=1):
+    """Same contract as `clipped_gradient_sum`, via per-record gradients.
 
-    Materialises every example's full gradient with tf.vectorized_map (memory
-    B x #parameters), so any per-example loss works, including ones with an
-    input-gradient penalty (WGAN-GP). Each example is evaluated as a batch of
-    one with `model(x, training=True)`.
+    Materialises every record's full gradient with tf.vectorized_map (memory
+    B / k x #parameters), so any per-example loss works, including ones with an
+    input-gradient penalty (WGAN-GP). Each record is evaluated as a batch of
+    its k rows with `model(x, training=True)`.
     """
+    _check_group_size(group_size)
     check_per_example(model)
     variables = model.trainable_variables
 
     def critic(x, training=True):
         return model(x, training=training)
 
-    def example_gradients(example):
-        batch = tf.nest.map_structure(lambda t: t[tf.newaxis], example)
+    def example_gradients(batch):  # the k rows of one record
         with tf.GradientTape() as tape:
             losses = per_example_loss_fn(critic, batch)
             _check_losses(losses)
@@ -361,8 +381,15 @@ def clipped_gradient_sum_vmap(model, per_example_loss_fn, inputs, l2_norm_clip):
     def empty_batch():  # vectorized_map cannot run zero iterations
         return [tf.zeros_like(v) for v in variables], tf.zeros([0])
 
+    inputs = tf.nest.map_structure(
+        lambda t: tf.reshape(t, [-1, group_size, *t.shape[1:]]), inputs)
     batch_size = tf.shape(tf.nest.flatten(inputs)[0])[0]
     return tf.cond(batch_size > 0, clipped_sum, empty_batch)
+
+
+def _check_group_size(group_size):
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
 
 
 def private_gradients(clipped_sum, query, global_state, expected_batch_size):

@@ -28,6 +28,37 @@ PRIVACY_MD = "PRIVACY.md"
 PLURAL = {"patch": "patches", "patient": "patients"}
 
 
+def make_plan(*, num_records: int, expected_batch_size: float, critic_steps: int,
+              epsilon: float = math.inf, noise_multiplier: Optional[float] = None,
+              delta: Optional[float] = None, accountant: str = "pld") -> dict:
+    """The budget before training: sampling rate, δ, noise multiplier and the critic steps
+    that will run. Training (tfdpgan.train) and ``--plan`` both use this function.
+
+    Records are patches or patients (the privacy unit); ``expected_batch_size`` is the
+    expected number of records per step, so q = expected_batch_size / num_records.
+    ``epsilon`` finite and no ``noise_multiplier``: σ is calibrated for ``critic_steps``.
+    ``noise_multiplier`` given: it is used, and a finite ``epsilon`` caps the steps.
+    Neither (ε = ∞): not private, σ = 0.
+    """
+    if not 1 <= expected_batch_size <= num_records:
+        raise ValueError(f"batch_size {expected_batch_size:g} must be in [1, {num_records}] "
+                         f"(the number of training records)")
+    q = expected_batch_size / num_records
+    delta = delta if delta is not None else accounting.default_delta(num_records)
+    private = math.isfinite(epsilon) or noise_multiplier is not None
+    steps, sigma = int(critic_steps), 0.0
+    if private:
+        sigma = noise_multiplier
+        if sigma is None:
+            sigma = accounting.calibrate_noise(epsilon, q, steps, delta, accountant)
+        if math.isfinite(epsilon):
+            steps = min(steps, accounting.max_steps_within(epsilon, sigma, q, delta,
+                                                           accountant))
+    return {"sampling_rate": q, "delta": delta, "noise_multiplier": float(sigma),
+            "critic_steps": int(steps), "num_records": int(num_records),
+            "expected_batch_size": float(expected_batch_size)}
+
+
 def _finite_or_none(x):
     return None if x is None or not math.isfinite(x) else float(x)
 
@@ -90,8 +121,19 @@ def render_markdown(card: dict) -> str:
             f"rate q = {card['sampling_rate']:.4g} (expected batch "
             f"{card['expected_batch_size']:g} of {card['num_records']} {PLURAL[unit]}).",
             f"- Per-{unit} gradient clip C = {card['l2_norm_clip']:g}; Gaussian noise std "
-            f"= {card['noise_multiplier']:.4g} × C per step.", ""]
+            f"= {card['noise_multiplier']:.4g} × C per step.",
+            f"- δ = {delta:.3g} ≤ 1/(10 N) for N = {card['num_records']} {PLURAL[unit]}: "
+            f"releasing one randomly chosen {unit} verbatim is already (0, 1/N)-DP, so a δ "
+            "near 1/N would allow exactly that.", ""]
         k = card.get("patches_per_patient")
+        if unit == "patient":
+            lines += [
+                "**What this means for a patient:** the record is the patient. Each critic "
+                "step includes every patient independently with probability q and then uses "
+                f"up to {k} of that patient's patches; the gradient of the patient's combined "
+                "loss is clipped to C as one record before the noise is added. Adding or "
+                "removing a patient — all of their images and labels — changes what the "
+                "released generator can be by at most the (ε, δ) above.", ""]
         if unit == "patch" and k:
             eps_k, delta_k = accounting.group_privacy_epsilon_delta(eps, delta, k)
             lines += [
@@ -148,31 +190,83 @@ def define_flags():
     """Flags of the command line (defined only when run as a program)."""
     flags.DEFINE_string("workdir", None, "Training run whose card to print.")
     flags.DEFINE_boolean("plan", False, "Answer 'what ε do I get' before training.")
-    flags.DEFINE_integer("num_records", None, "--plan: number of training records.")
-    flags.DEFINE_float("batch_size", None, "--plan: expected batch size.")
+    flags.DEFINE_string("data", None, "--plan: TFRecord folder to count the records of "
+                        "(instead of --num_records).")
+    flags.DEFINE_enum("privacy_unit", "patch", ["patch", "patient"], "--plan: the record.")
+    flags.DEFINE_integer("patches_per_patient", None, "--plan: patches per patient (the "
+                         "patch unit's group-privacy statement, or k of the patient unit).")
+    flags.DEFINE_integer("num_records", None, "--plan: number of training records "
+                         "(patches or patients).")
+    flags.DEFINE_float("batch_size", None, "--plan: expected records per critic step.")
     flags.DEFINE_integer("critic_steps", None, "--plan: number of critic steps.")
     flags.DEFINE_float("noise_multiplier", None, "--plan: noise multiplier (or --epsilon).")
     flags.DEFINE_float("epsilon", None, "--plan: target ε to calibrate the noise for.")
     flags.DEFINE_float("delta", None, "--plan: δ (default min(1e-5, 1/(10 N))).")
-    flags.DEFINE_enum("accountant", "rdp", ["rdp", "pld"], "--plan: accountant.")
+    flags.DEFINE_enum("accountant", "pld", ["rdp", "pld"], "--plan: accountant.")
+
+
+def count_records(rec_dir: str, unit: str) -> int:
+    """Training records of a TFRecord data set: patches, or patients with patches."""
+    path = os.path.join(rec_dir, "dataset.json")
+    try:
+        with open(path) as f:
+            info = json.load(f)
+        if unit == "patient":
+            return int(info["splits"]["train"]["num_patients"])
+        return int(info["counts"]["train"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: cannot read the training counts ({e})") from None
+
+
+def plan_card(*, num_records: int, batch_size: float, critic_steps: int,
+              epsilon: Optional[float], noise_multiplier: Optional[float],
+              delta: Optional[float], accountant: str, privacy_unit: str = "patch",
+              patches_per_patient: Optional[int] = None) -> dict:
+    """The card a training run with these settings would end with if it ran all its
+    planned steps (what ``--plan`` prints); the same functions as tfdpgan.train."""
+    eps = math.inf if epsilon is None else epsilon
+    plan = make_plan(num_records=num_records, expected_batch_size=batch_size,
+                     critic_steps=critic_steps, epsilon=eps,
+                     noise_multiplier=noise_multiplier, delta=delta, accountant=accountant)
+    return make_card(
+        private=math.isfinite(eps) or noise_multiplier is not None,
+        noise_multiplier=plan["noise_multiplier"], l2_norm_clip=1.0,
+        expected_batch_size=batch_size, num_records=num_records,
+        critic_steps=plan["critic_steps"], delta=plan["delta"], accountant=accountant,
+        target_epsilon=eps if math.isfinite(eps) else None, privacy_unit=privacy_unit,
+        patches_per_patient=patches_per_patient)
 
 
 def main(argv):
     del argv
     if FLAGS.plan:
-        if not (FLAGS.num_records and FLAGS.batch_size and FLAGS.critic_steps):
-            raise app.UsageError("--plan needs --num_records, --batch_size, --critic_steps")
+        num = FLAGS.num_records
+        if FLAGS.data:
+            try:
+                num = count_records(FLAGS.data, FLAGS.privacy_unit)
+            except ValueError as e:
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(2)
+        if not (num and FLAGS.batch_size and FLAGS.critic_steps):
+            raise app.UsageError("--plan needs --num_records (or --data), --batch_size and "
+                                 "--critic_steps")
         if (FLAGS.noise_multiplier is None) == (FLAGS.epsilon is None):
             raise app.UsageError("--plan needs exactly one of --noise_multiplier, --epsilon")
-        q = FLAGS.batch_size / FLAGS.num_records
-        delta = FLAGS.delta or accounting.default_delta(FLAGS.num_records)
-        sigma = FLAGS.noise_multiplier
-        if sigma is None:
-            sigma = accounting.calibrate_noise(FLAGS.epsilon, q, FLAGS.critic_steps, delta,
-                                               FLAGS.accountant)
-        eps = accounting.compute_epsilon(sigma, q, FLAGS.critic_steps, delta, FLAGS.accountant)
-        print(f"noise_multiplier {sigma:.4f}  sampling_rate {q:.4g}  steps "
-              f"{FLAGS.critic_steps}  delta {delta:.3g}  epsilon ({FLAGS.accountant}) {eps:.4f}")
+        try:
+            card = plan_card(num_records=num, batch_size=FLAGS.batch_size,
+                             critic_steps=FLAGS.critic_steps, epsilon=FLAGS.epsilon,
+                             noise_multiplier=FLAGS.noise_multiplier, delta=FLAGS.delta,
+                             accountant=FLAGS.accountant, privacy_unit=FLAGS.privacy_unit,
+                             patches_per_patient=FLAGS.patches_per_patient)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        print(f"plan: per {card['privacy_unit']}, N = {num}, q = {card['sampling_rate']:.4g}, "
+              f"{card['critic_steps']} critic steps, noise_multiplier "
+              f"{card['noise_multiplier']:.4f}, delta {card['delta']:.3g}: epsilon "
+              f"{_fmt(card['epsilon'])} ({card['accountant']}; RDP {_fmt(card['epsilon_rdp'])}"
+              f", PLD {_fmt(card['epsilon_pld'])})")
+        print(json.dumps(card, indent=2))
         return
     if not FLAGS.workdir:
         raise app.UsageError("give --workdir=W or --plan")

@@ -10,9 +10,13 @@ files, generator/ (SavedModel) and samples.png. Re-running with the same workdir
 the latest checkpoint; the privacy ledger (critic steps taken) is part of the checkpoint, so
 a resumed run reports exactly what an uninterrupted one would.
 
-Privacy: the noise multiplier is calibrated before training for the planned critic steps and
-the Poisson sampling rate q = batch_size / N; training never runs more steps than the budget
-allows, and privacy.json is computed from the steps actually run.
+Privacy: the record is a patch (``privacy_unit="patch"``, the paper's setting) or a patient
+(``"patient"``: each step Poisson-samples patients and takes up to ``patches_per_patient`` of
+each sampled patient's patches; the patient's summed contribution is clipped once). The noise
+multiplier is calibrated before training for the planned critic steps and the sampling rate
+q = batch_size / N (N records of the unit, batch_size the expected records per step); training
+never runs more steps than the budget allows, and privacy.json is computed from the steps
+actually run.
 """
 import dataclasses
 import json
@@ -30,6 +34,7 @@ from tfdpgan import (accounting, atomic, default_data, export, models, pipeline,
                      records, sample, wgan)
 
 CHECKPOINT_DIR = "checkpoints"
+UNITS = ("patch", "patient")
 RUN_JSON = "run.json"
 
 
@@ -42,10 +47,12 @@ class TrainConfig:
     epsilon: float = 3.0                     # math.inf = non-private baseline
     delta: Optional[float] = None            # None = min(1e-5, 1/(10 N))
     noise_multiplier: Optional[float] = None  # given: epsilon is computed (or caps the steps)
-    accountant: str = "rdp"
+    accountant: str = "pld"
+    privacy_unit: str = "patch"               # patch | patient
+    patches_per_patient: int = 8              # patient unit: k patches per sampled patient
     l2_norm_clip: float = 5e-4               # ~ median per-example norm at demo size
     # Defaults = flags/demo.cfg: sized for <= 15 minutes on a 2-core CPU.
-    batch_size: int = 64                     # expected batch size (Poisson)
+    batch_size: int = 64                     # expected records (patches|patients) per step
     critic_steps: int = 2000                 # planned critic (DP) steps
     critic_steps_per_generator_step: int = 5
     base_filters: int = 16
@@ -63,41 +70,52 @@ class TrainConfig:
         return math.isfinite(self.epsilon) or self.noise_multiplier is not None
 
 
-def _plan(config: TrainConfig, num_records: int) -> dict:
+def num_records(config: TrainConfig, arrays: pipeline.PatchArrays) -> int:
+    """N of the privacy unit: training patches, or training patients."""
+    if config.privacy_unit == "patient":
+        return sum(len(r) > 0 for r in arrays.patient_records())
+    return len(arrays)
+
+
+def _plan(config: TrainConfig, n: int) -> dict:
     """Sampling rate, δ, noise multiplier and the number of critic steps to run."""
-    if config.batch_size < 1 or config.batch_size > num_records:
-        raise ValueError(f"batch_size {config.batch_size} must be in [1, {num_records}] "
-                         f"(the number of training records)")
-    q = config.batch_size / num_records
-    delta = config.delta if config.delta is not None else accounting.default_delta(num_records)
-    steps, sigma = config.critic_steps, 0.0
-    if config.private:
-        sigma = config.noise_multiplier
-        if sigma is None:
-            sigma = accounting.calibrate_noise(config.epsilon, q, config.critic_steps, delta,
-                                               config.accountant)
-        if math.isfinite(config.epsilon):
-            steps = min(steps, accounting.max_steps_within(config.epsilon, sigma, q, delta,
-                                                           config.accountant))
-    return {"sampling_rate": q, "delta": delta, "noise_multiplier": float(sigma),
-            "critic_steps": int(steps), "num_records": num_records}
+    return privacy.make_plan(
+        num_records=n, expected_batch_size=config.batch_size,
+        critic_steps=config.critic_steps, epsilon=config.epsilon,
+        noise_multiplier=config.noise_multiplier, delta=config.delta,
+        accountant=config.accountant)
+
+
+def _check_settings(config: TrainConfig):
+    if config.privacy_unit not in UNITS:
+        raise ValueError(f"privacy_unit must be one of {UNITS}, got {config.privacy_unit!r}")
+    if config.patches_per_patient < 1:
+        raise ValueError(f"patches_per_patient must be >= 1, got {config.patches_per_patient}")
+
+
+def _group_size(config: TrainConfig) -> int:
+    """Rows of the critic batch per privacy record."""
+    return config.patches_per_patient if config.privacy_unit == "patient" else 1
 
 
 def _card(config: TrainConfig, plan: dict, steps_run: int, info: dict) -> dict:
+    per_patient = (config.patches_per_patient if config.privacy_unit == "patient"
+                   else info.get("patches_per_patient"))
     return privacy.make_card(
         private=config.private, noise_multiplier=plan["noise_multiplier"],
         l2_norm_clip=config.l2_norm_clip, expected_batch_size=config.batch_size,
         num_records=plan["num_records"], critic_steps=steps_run, delta=plan["delta"],
         accountant=config.accountant,
         target_epsilon=config.epsilon if math.isfinite(config.epsilon) else None,
-        privacy_unit="patch", patches_per_patient=info.get("patches_per_patient"),
+        privacy_unit=config.privacy_unit, patches_per_patient=per_patient,
         data_independent_preprocessing=not info["normalization"].get("data_dependent", True))
 
 
 def build_wgan(config: TrainConfig, patch_size: int, plan: dict) -> wgan.WGAN:
     gan_config = dataclasses.replace(
         config.gan, private=config.private, l2_norm_clip=config.l2_norm_clip,
-        noise_multiplier=plan["noise_multiplier"], expected_batch_size=float(config.batch_size))
+        noise_multiplier=plan["noise_multiplier"], expected_batch_size=float(config.batch_size),
+        group_size=_group_size(config))
     generator = models.build_generator(gan_config.latent_dim, patch_size, config.base_filters)
     critic = models.build_critic(patch_size, config.base_filters)
     return wgan.WGAN(generator, critic, gan_config)
@@ -127,10 +145,11 @@ def _check_same_run(workdir: str, run: dict):
 def train(config: TrainConfig, flags_text: str = "") -> dict:
     """Run (or resume) training in ``config.workdir``; returns the final privacy card."""
     workdir = config.workdir
+    _check_settings(config)
     rec_dir = config.data or default_data.prepare(config.phantom, config.cache_dir)[1]
     info = records.read_dataset_json(rec_dir)
     arrays = pipeline.load_arrays(rec_dir, "train")
-    plan = _plan(config, len(arrays))
+    plan = _plan(config, num_records(config, arrays))
     os.makedirs(workdir, exist_ok=True)  # only once the data and the settings are valid
     if flags_text:
         atomic.write_text_atomic(os.path.join(workdir, "flags.txt"), flags_text)
@@ -157,17 +176,16 @@ def train(config: TrainConfig, flags_text: str = "") -> dict:
     total = plan["critic_steps"]
     _log_plan(config, plan, total, writer)
 
-    batches = pipeline.poisson(arrays, plan["sampling_rate"], int(seed.numpy()),
-                               start_step=int(step), num_steps=max(total - int(step), 0))
+    batches = _batches(config, arrays, plan, int(seed.numpy()), int(step))
     start, start_step = time.time(), int(step)
     generator_metrics = {}
-    for batch in batches:
-        pairs = wgan.to_pairs(batch["image"], batch["label"])
-        metrics = gan.critic_step(pairs)
+    rows_per_step = tf.constant(config.batch_size * _group_size(config), tf.int32)
+    for pairs, weight in batches:
+        metrics = gan.critic_step(pairs, weight)
         step.assign_add(1)
         s = int(step)
         if s % config.critic_steps_per_generator_step == 0:
-            generator_metrics = gan.generator_step(tf.constant(config.batch_size, tf.int32))
+            generator_metrics = gan.generator_step(rows_per_step)
         if s % config.summary_every == 0 or s == total:
             metrics = {**metrics, **generator_metrics, **gan.critic_metrics(pairs)}
             rate = (s - start_step) / max(time.time() - start, 1e-9)
@@ -184,6 +202,32 @@ def train(config: TrainConfig, flags_text: str = "") -> dict:
     return finish(workdir, gan, config, plan, int(step), info, writer)
 
 
+def _batches(config: TrainConfig, arrays, plan: dict, seed: int, start_step: int):
+    """(pairs [B, P, P, 2], row weights [B]) per critic step from ``start_step`` on.
+
+    patch unit: Poisson over patches, weight 1. patient unit: Poisson over patients, k rows
+    per sampled patient (weight 1/k per real patch, 0 for padding), so a patient's record
+    loss is the mean over its k slots."""
+    num_steps = max(plan["critic_steps"] - start_step, 0)
+    if config.privacy_unit == "patch":
+        data = pipeline.poisson(arrays, plan["sampling_rate"], seed, start_step=start_step,
+                                num_steps=num_steps)
+        return data.map(lambda b: (wgan.to_pairs(b["image"], b["label"]),
+                                   tf.ones([tf.shape(b["image"])[0]], tf.float32)))
+    k = config.patches_per_patient
+    data = pipeline.patient_grouped(arrays, plan["sampling_rate"], k, seed,
+                                    start_step=start_step, num_steps=num_steps)
+
+    def flatten(b):
+        patch = b["image"].shape[2]
+        image = tf.reshape(b["image"], [-1, patch, patch, 1])
+        label = tf.reshape(b["label"], [-1, patch, patch, 1])
+        weight = tf.reshape(tf.cast(b["valid"], tf.float32), [-1]) / k
+        return wgan.to_pairs(image, label), weight
+
+    return data.map(flatten)
+
+
 def _epsilon(config, plan, steps):
     if not config.private:
         return math.inf
@@ -193,11 +237,11 @@ def _epsilon(config, plan, steps):
 
 def _log_plan(config, plan, total, writer):
     if config.private:
-        logging.info("DP critic: noise multiplier %.4f, clip %g, q %.5f (batch %d of %d), "
-                     "delta %.3g, %d critic steps -> epsilon %.3f (%s)",
-                     plan["noise_multiplier"], config.l2_norm_clip, plan["sampling_rate"],
-                     config.batch_size, plan["num_records"], plan["delta"], total,
-                     _epsilon(config, plan, total), config.accountant)
+        logging.info("DP critic (per %s): noise multiplier %.4f, clip %g, q %.5f (batch %d "
+                     "of %d), delta %.3g, %d critic steps -> epsilon %.3f (%s)",
+                     config.privacy_unit, plan["noise_multiplier"], config.l2_norm_clip,
+                     plan["sampling_rate"], config.batch_size, plan["num_records"],
+                     plan["delta"], total, _epsilon(config, plan, total), config.accountant)
     else:
         logging.warning("epsilon=inf: training WITHOUT differential privacy")
     with writer.as_default():
@@ -311,14 +355,20 @@ def define_flags(fv: flags.FlagValues = FLAGS):
     fdef.DEFINE_float("noise_multiplier", None, "Noise multiplier σ; if given, it is used "
                       "instead of calibrating σ to --epsilon (which then only caps the steps).")
     fdef.DEFINE_enum("accountant", d.accountant, ["rdp", "pld"], "Accountant that calibrates "
-                     "the noise and states ε.")
+                     "the noise and states ε (both are reported).")
+    fdef.DEFINE_enum("privacy_unit", d.privacy_unit, list(UNITS), "What one DP record is: a "
+                     "patch (the paper) or a patient (all of a patient's patches; protects "
+                     "patients).")
+    fdef.DEFINE_integer("patches_per_patient", d.patches_per_patient, "--privacy_unit=patient: "
+                        "patches taken from each sampled patient per step (k).")
     fdef.DEFINE_float("l2_norm_clip", d.l2_norm_clip, "Per-example gradient clip C of the "
                       "critic (over all its weights). Choose it near the median per-example "
                       "norm (TensorBoard train/norm_q50): the weight-clipped critic's "
                       "gradients are small (~5e-4 at demo size, ~1e-2 at paper size), and a C "
                       "far above them drowns the signal in noise.")
-    fdef.DEFINE_integer("batch_size", d.batch_size, "Expected batch size; Poisson sampling "
-                        "with rate batch_size / N.")
+    fdef.DEFINE_integer("batch_size", d.batch_size, "Expected records per critic step (patches,"
+                        " or patients with --privacy_unit=patient); Poisson sampling with "
+                        "rate batch_size / N.")
     fdef.DEFINE_integer("critic_steps", d.critic_steps, "Planned critic (DP) steps.")
     fdef.DEFINE_integer("n_critic", d.critic_steps_per_generator_step,
                         "Critic steps per generator step.")
@@ -343,8 +393,8 @@ def define_flags(fv: flags.FlagValues = FLAGS):
     fdef.DEFINE_integer("phantom_seed", p.seed, "Phantom: seed.")
     fdef.DEFINE_list("phantom_shape", list(map(str, p.shape)), "Phantom: volume shape x,y,z.")
     fdef.DEFINE_integer("patch_size", p.patch_size, "Phantom: patch size.")
-    fdef.DEFINE_integer("patches_per_patient", p.patches_per_patient,
-                        "Phantom: patches per patient.")
+    fdef.DEFINE_integer("phantom_patches_per_patient", p.patches_per_patient,
+                        "Phantom: patches per patient in the converted data set.")
 
 
 def config_from_flags(fv: flags.FlagValues = FLAGS) -> TrainConfig:
@@ -353,7 +403,7 @@ def config_from_flags(fv: flags.FlagValues = FLAGS) -> TrainConfig:
     phantom_config = default_data.PhantomDataConfig(
         num_patients=fv.phantom_patients, num_test=fv.phantom_test,
         seed=fv.phantom_seed, shape=tuple(int(v) for v in fv.phantom_shape),
-        patch_size=fv.patch_size, patches_per_patient=fv.patches_per_patient)
+        patch_size=fv.patch_size, patches_per_patient=fv.phantom_patches_per_patient)
     gan_config = wgan.WGANConfig(
         latent_dim=fv.latent_dim, loss=fv.loss, weight_clip=fv.weight_clip,
         gp_weight=fv.gp_weight, optimizer=fv.optimizer, critic_lr=fv.critic_lr,
@@ -361,7 +411,8 @@ def config_from_flags(fv: flags.FlagValues = FLAGS) -> TrainConfig:
     return TrainConfig(
         workdir=workdir, data=fv.data, phantom=phantom_config, cache_dir=fv.cache_dir,
         epsilon=eps, delta=fv.delta, noise_multiplier=fv.noise_multiplier,
-        accountant=fv.accountant, l2_norm_clip=fv.l2_norm_clip,
+        accountant=fv.accountant, privacy_unit=fv.privacy_unit,
+        patches_per_patient=fv.patches_per_patient, l2_norm_clip=fv.l2_norm_clip,
         batch_size=fv.batch_size, critic_steps=fv.critic_steps,
         critic_steps_per_generator_step=fv.n_critic, base_filters=fv.base_filters,
         gan=gan_config, summary_every=fv.summary_every, image_every=fv.image_every,

@@ -4,12 +4,15 @@ Pairs are 2-channel patches in [-1, 1]: channel 0 the normalised image, channel 
 label mapped {0, 1} -> {-1, 1}.
 
 Critic step (the only code that reads real data): for a Poisson-sampled batch of B real
-patches, draw B fakes and use the per-example loss
-    loss_i = critic(fake_i) - critic(real_i)        (+ gp_weight * penalty_i for wgan_gp)
-so each real example i is one record whose whole influence is clipped to C (dp_clip), then
-Gaussian noise std noise_multiplier * C is added by TF Privacy's GaussianSumQuery and the sum is
-divided by the EXPECTED batch size (the realised B is data-dependent). One DP update per critic
-iteration; the generator step reads only the critic, so it is post-processing.
+patches, draw B fakes and use the per-row loss
+    loss_j = w_j * (critic(fake_j) - critic(real_j))   (+ gp_weight * penalty_j for wgan_gp)
+A privacy record is ``group_size`` = k consecutive rows: one patch (k = 1, w = 1) or the k
+patch slots of one patient (w = 1/k for a real patch, 0 for padding, so the record's loss is
+the sum over its slots and padding contributes nothing). Each record's whole influence is
+clipped to C (dp_clip), then Gaussian noise std noise_multiplier * C is added by TF Privacy's
+GaussianSumQuery and the sum is divided by the EXPECTED number of records per batch (the
+realised number is data-dependent). One DP update per critic iteration; the generator step
+reads only the critic, so it is post-processing.
 With ``private=False`` (ε = ∞) the plain gradient of the mean loss is used: no clipping, no
 noise.
 """
@@ -38,7 +41,8 @@ class WGANConfig:
     private: bool = True
     l2_norm_clip: float = 1.0
     noise_multiplier: float = 1.0
-    expected_batch_size: float = 32.0
+    expected_batch_size: float = 32.0  # expected RECORDS per critic step (q * N)
+    group_size: int = 1                # rows per record: 1 (patch) or k (patient)
 
 
 def to_pairs(image, label):
@@ -69,15 +73,16 @@ class WGAN(tf.Module):
         self.query_state = self.query.initial_global_state()
         patch = critic.input_shape[1]
         spec = tf.TensorSpec([None, patch, patch, critic.input_shape[-1]], tf.float32)
-        self.critic_step = tf.function(self._critic_step, input_signature=[spec])
+        self._critic_step_fn = tf.function(
+            self._critic_step, input_signature=[spec, tf.TensorSpec([None], tf.float32)])
         self.critic_metrics = tf.function(self._critic_metrics, input_signature=[spec])
         self.generator_step = tf.function(
             self._generator_step, input_signature=[tf.TensorSpec([], tf.int32)])
 
     def per_example_loss(self, critic, inputs):
-        """loss_i for pairs (real_i, fake_i); depends on example i only."""
-        real, fake = inputs
-        loss = dp_clip.wgan_critic_loss(critic, inputs)
+        """w_j * loss_j for rows (real_j, fake_j, w_j); depends on row j only."""
+        real, fake, weight = inputs
+        loss = dp_clip.wgan_critic_loss(critic, (real, fake))
         if self.config.loss == "wgan_gp":
             alpha = tf.random.uniform([tf.shape(real)[0], 1, 1, 1])
             mixed = alpha * real + (1.0 - alpha) * fake
@@ -87,7 +92,7 @@ class WGAN(tf.Module):
             grad = tape.gradient(score, mixed)
             norm = tf.sqrt(tf.reduce_sum(tf.square(grad), axis=[1, 2, 3]) + 1e-12)
             loss += self.config.gp_weight * tf.square(norm - 1.0)
-        return loss
+        return weight * loss
 
     def _sample(self, n, training):
         z = tf.random.normal([n, self.config.latent_dim])
@@ -95,18 +100,26 @@ class WGAN(tf.Module):
 
     def _fakes_for(self, n):
         """n fakes for the critic step, drawn in independent chunks of a FIXED size
-        (ceil of the expected batch size). The generator's BatchNorm couples the samples of
+        (ceil of the expected rows per step). The generator's BatchNorm couples the samples of
         one call, so one call of size n would make every fake depend on the realised,
         data-dependent batch size; fixed-size chunks keep the fakes exchangeable and
         independent of it, as the per-example sensitivity argument needs."""
-        chunk = int(math.ceil(self.config.expected_batch_size))
+        chunk = int(math.ceil(self.config.expected_batch_size * self.config.group_size))
         chunks = (n + chunk - 1) // chunk
         z = tf.random.normal([chunks, chunk, self.config.latent_dim])
         fakes = tf.map_fn(lambda zc: self.generator(zc, training=True), z,
                           fn_output_signature=tf.float32)
         return tf.reshape(fakes, [-1, *fakes.shape[2:]])[:n]
 
-    def _critic_step(self, real):
+    def critic_step(self, real, weight=None):
+        """One critic update; ``weight`` defaults to 1 per row (patch-level records)."""
+        if weight is None:
+            weight = tf.ones([tf.shape(real)[0]], tf.float32)
+        return self._critic_step_fn(real, weight)
+
+    def _critic_step(self, real, weight):
+        """One critic update on rows ``real`` [B, P, P, C] with row weights ``weight`` [B]
+        (B a multiple of group_size; see the module docstring)."""
         fake = self._fakes_for(tf.shape(real)[0])
         variables = self.critic.trainable_variables
         stats = {}
@@ -114,22 +127,23 @@ class WGAN(tf.Module):
             clip = self.config.l2_norm_clip
             clipped_sum = (dp_clip.clipped_gradient_sum_vmap if self.config.loss == "wgan_gp"
                            else dp_clip.clipped_gradient_sum)
-            summed, norms = clipped_sum(self.critic, self.per_example_loss, (real, fake), clip)
+            summed, norms = clipped_sum(self.critic, self.per_example_loss,
+                                        (real, fake, weight), clip,
+                                        group_size=self.config.group_size)
             grads = dp_clip.private_gradients(summed, self.query, self.query_state,
                                               self.config.expected_batch_size)
             stats = dp_clip.norm_stats(norms, clip)
         else:
             with tf.GradientTape() as tape:
-                losses = self.per_example_loss(self.critic, (real, fake))
-                loss = tf.math.divide_no_nan(tf.reduce_sum(losses),
-                                             tf.cast(tf.size(losses), tf.float32))
+                losses = self.per_example_loss(self.critic, (real, fake, weight))
+                loss = tf.math.divide_no_nan(tf.reduce_sum(losses), tf.reduce_sum(weight))
             grads = tape.gradient(loss, variables)
         self.critic_optimizer.apply_gradients(zip(grads, variables))
         if self.config.loss == "wgan":
             c = self.config.weight_clip
             for v in variables:
                 v.assign(tf.clip_by_value(v, -c, c))
-        return {"batch_size": tf.shape(real)[0], **stats}
+        return {"batch_size": tf.shape(real)[0] // self.config.group_size, **stats}
 
     def _critic_metrics(self, real):
         """Critic loss and Wasserstein estimate on a batch (for logging only; NOT private:
