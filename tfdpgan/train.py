@@ -298,7 +298,7 @@ def export_from_workdir(workdir: str) -> str:
         raise FileNotFoundError(f"{path}: not found; is {workdir} a training workdir?")
     with open(path) as f:
         run = json.load(f)
-    gan = build_wgan(_config_from_run(run), records.read_dataset_json(run["data"])["patch_size"],
+    gan = build_wgan(config_from_run(run), records.read_dataset_json(run["data"])["patch_size"],
                      run)
     ckpt = _checkpoint(gan, tf.Variable(0, dtype=tf.int64), tf.Variable(0, dtype=tf.int64))
     latest = tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINT_DIR))
@@ -311,7 +311,7 @@ def export_from_workdir(workdir: str) -> str:
     return out
 
 
-def _config_from_run(run: dict) -> TrainConfig:
+def config_from_run(run: dict) -> TrainConfig:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in run.items() if k in fields}
     values["epsilon"] = float(values["epsilon"])
