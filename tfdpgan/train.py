@@ -53,10 +53,12 @@ class TrainConfig:
     l2_norm_clip: float = 5e-4               # ~ median per-example norm at demo size
     # Defaults = flags/demo.cfg: sized for <= 15 minutes on a 2-core CPU.
     batch_size: int = 64                     # expected records (patches|patients) per step
-    critic_steps: int = 2000                 # planned critic (DP) steps
+    critic_steps: int = 3000                 # planned critic (DP) steps
     critic_steps_per_generator_step: int = 5
     base_filters: int = 16
-    gan: wgan.WGANConfig = wgan.WGANConfig(critic_lr=2e-4, generator_lr=2e-4)
+    # 5e-4: at 2e-4 the demo-size generator still made texture without vessels after
+    # 2000 critic steps; 5e-4 / 3000 steps gives vessel-like bright structures with labels.
+    gan: wgan.WGANConfig = wgan.WGANConfig(critic_lr=5e-4, generator_lr=5e-4)
     summary_every: int = 50
     image_every: int = 250
     checkpoint_every: int = 200

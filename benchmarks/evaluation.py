@@ -1,0 +1,100 @@
+"""Utility of synthetic data (issue: evaluation like the paper), rows side by side.
+
+  python benchmarks/evaluation.py \
+      --runs=epsinf:runs/epsinf,eps3:runs/eps3,patient_eps3:runs/patient_eps3
+
+Evaluates each training workdir with tfdpgan.evaluate (U-Net trained only on its generator's
+synthetic pairs, selected on the run's real validation patients' whole volumes, scored on
+whole real test volumes) against ONE test set for all rows (--test_data; default: the default
+phantom data set's test patients). The first run also gets the two baselines: the same U-Net
+trained on real training patches (upper bound) and a global intensity threshold chosen on the
+validation volumes. Prints one table (DSC ± SD, HD95 ± SD, FID, ε) and the ratio of each
+synthetic row's DSC to the first (ε = ∞) row's; the text also goes to
+benchmarks/results/evaluation.txt. Existing evaluations with identical settings are reused.
+"""
+import dataclasses
+import os
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tfdpgan import atomic, default_data, evaluate  # pylint: disable=g-import-not-at-top
+
+flags.DEFINE_list("runs", ["epsinf:runs/epsinf", "eps3:runs/eps3"],
+                  "name:workdir pairs; the first is the reference (ε = ∞) row.")
+flags.DEFINE_string("test_data", None, "Test folder for every row (default: the default "
+                    "phantom's imagesTs/labelsTs/masksTs).")
+flags.DEFINE_integer("num_synthetic", 4000, "Synthetic pairs per run.")
+flags.DEFINE_integer("fid_samples", 1000, "Images per FID set.")
+flags.DEFINE_integer("unet_epochs", evaluate.DEFAULT_UNET.epochs, "U-Net epochs.")
+flags.DEFINE_integer("unet_steps_per_epoch", evaluate.DEFAULT_UNET.steps_per_epoch,
+                     "U-Net steps per epoch.")
+flags.DEFINE_string("output", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                           "results", "evaluation.txt"), "Table file.")
+FLAGS = flags.FLAGS
+
+
+def _pm(mean, sd, digits):
+    if mean is None:
+        return "n/a"
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}" if sd is not None else f"{mean:.{digits}f}"
+
+
+def _eps(report):
+    p = report.get("privacy") or {}
+    if not p or not p.get("private"):
+        return "∞"
+    return f"{p['epsilon']:.2f} per {p.get('privacy_unit', 'patch')}"
+
+
+def main(argv):
+    del argv
+    test_data = FLAGS.test_data or default_data.prepare()[0]
+    unet = dataclasses.replace(evaluate.DEFAULT_UNET, epochs=FLAGS.unet_epochs,
+                               steps_per_epoch=FLAGS.unet_steps_per_epoch)
+    rows, start = [], time.time()
+    for i, item in enumerate(FLAGS.runs):
+        name, workdir = item.split(":", 1)
+        run = evaluate.load_run(evaluate.EvalConfig(workdir=workdir, fid=False))
+        config = evaluate.EvalConfig(
+            workdir=workdir, out_dir=os.path.join(workdir, "eval_benchmark"),
+            test_data=test_data, num_synthetic=FLAGS.num_synthetic,
+            fid_samples=FLAGS.fid_samples, unet=unet,
+            real_train=run.rec_dir if i == 0 else None, threshold_baseline=i == 0)
+        t = time.time()
+        report = evaluate.evaluate(config, reuse=True)
+        print(f"{name}: evaluated in {time.time() - t:.0f} s", flush=True)
+        rows.append((name, report))
+        if i == 0:
+            for base, label in (("real_train", "U-Net on real patches (upper bound)"),
+                                ("threshold", "global intensity threshold")):
+                if base in report["baselines"]:
+                    rows.append((label, dict(report["baselines"][base], privacy=None,
+                                             fid=report["baselines"][base].get("fid"))))
+    ref = rows[0][1]["dsc_mean"]
+    lines = [f"Whole-volume evaluation on {test_data} "
+             f"({rows[0][1]['test_set']['num_patients']} test patients); U-Net trained only on "
+             f"each row's training set, selected on the real validation patients.",
+             "", f"{'row':40s} {'epsilon':>18s} {'DSC':>16s} {'HD95 (mm)':>16s} "
+             f"{'FID':>8s} {'DSC / DSC(first)':>17s}"]
+    for name, r in rows:
+        fid = r.get("fid")
+        ratio = r["dsc_mean"] / ref if ref else float("nan")
+        lines.append(f"{name:40s} {(_eps(r) if r.get('privacy') is not None else '-'):>18s} "
+                     f"{_pm(r['dsc_mean'], r['dsc_sd'], 3):>16s} "
+                     f"{_pm(r['hd95_mean_mm'], r['hd95_sd_mm'], 1):>16s} "
+                     f"{(f'{fid:.1f}' if fid is not None else '-'):>8s} {ratio:17.3f}")
+    floor = rows[0][1].get("fid_real_floor")
+    lines += ["", f"FID real-vs-real floor (train vs test patches): "
+              f"{floor:.1f}" if floor is not None else "FID not computed",
+              f"total {time.time() - start:.0f} s"]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(os.path.dirname(FLAGS.output), exist_ok=True)
+    atomic.write_text_atomic(FLAGS.output, text)
+
+
+if __name__ == "__main__":
+    app.run(main)
