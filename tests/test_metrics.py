@@ -90,3 +90,26 @@ def test_best_threshold_dice_matches_brute_force():
 def test_best_threshold_dice_empty_truth():
     assert metrics.best_threshold_dice(np.arange(4.0), np.zeros(4), np.ones(4)) == \
         (math.inf, 1.0)
+
+
+def test_hausdorff95_pooled_percentile_hand_computed():
+    # pred {(0,0,0)}, truth {(0,0,2), (0,0,3)} at 0.7 mm along z (single voxels are their own
+    # surface): pred->truth [1.4], truth->pred [1.4, 2.1]; pooled [1.4, 1.4, 2.1], and the
+    # linearly interpolated 95th percentile is at rank 0.95 * 2 = 1.9: 1.4 + 0.9 * 0.7.
+    shape = (3, 3, 5)
+    pred, truth = _points(shape, (0, 0, 0)), _points(shape, (0, 0, 2), (0, 0, 3))
+    assert metrics.hausdorff95(pred, truth, SPACING) == pytest.approx(1.4 + 0.9 * 0.7)
+    # the same geometry along x (0.5 mm) gives a different distance: spacing is per axis
+    pred_x = _points((5, 3, 3), (0, 0, 0))
+    truth_x = _points((5, 3, 3), (2, 0, 0), (3, 0, 0))
+    assert metrics.hausdorff95(pred_x, truth_x, SPACING) == pytest.approx(1.0 + 0.9 * 0.5)
+
+
+def test_hausdorff95_uses_surfaces_of_solid_objects():
+    # Two 4x4x4 cubes shifted by 2 voxels along z: every surface voxel of one is at most
+    # 2 voxels (1.4 mm) from the other's surface, and the 95th percentile reaches it.
+    pred, truth = np.zeros((8, 8, 10), np.uint8), np.zeros((8, 8, 10), np.uint8)
+    pred[2:6, 2:6, 2:6] = 1
+    truth[2:6, 2:6, 4:8] = 1
+    assert metrics.hausdorff95(pred, truth, SPACING) == pytest.approx(2 * 0.7)
+    assert metrics.dice(pred, truth) == pytest.approx(2 * 32 / 128)

@@ -109,3 +109,20 @@ def test_grid_selects_by_validation_dice():
     assert config == learning
     assert [c for c, _ in results] == [frozen, learning]
     assert results[1][1]["best_val_dice"] > results[0][1]["best_val_dice"]
+
+
+def test_validation_scorer_selects_the_epoch():
+    # val may be a scorer (model -> Dice, e.g. of whole validation volumes), called once
+    # per epoch; the weights kept are those of the epoch it scored best.
+    scores, seen = iter([0.1, 0.9, 0.3]), []
+
+    def scorer(model):
+        seen.append([w.copy() for w in model.get_weights()])
+        return next(scores)
+
+    config = dataclasses.replace(TINY, epochs=3, steps_per_epoch=2)
+    model, history = unet.train_unet(_blobs(64, 16, 0), scorer, config)
+    assert history["val_dice"] == [0.1, 0.9, 0.3] and history["best_epoch"] == 1
+    assert len(seen) == 3
+    for kept, best in zip(model.get_weights(), seen[1]):
+        np.testing.assert_array_equal(kept, best)

@@ -11,13 +11,16 @@ Dice on the VALIDATION patches. Test volumes are never an input here.
 """
 import dataclasses
 import time
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 Arrays = Tuple[np.ndarray, np.ndarray]   # images [N, P, P] (normalised), labels [N, P, P] {0, 1}
+# A validation scorer: model -> score to maximise (e.g. whole-volume Dice of validation
+# patients, see evaluate.py). It must not look at test data.
+Scorer = Callable[[tf.keras.Model], float]
 
 
 def build_unet(patch_size: Optional[int] = None, base_filters: int = 32, depth: int = 4,
@@ -105,7 +108,12 @@ def patch_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int,
         bits = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
         ds = tf.data.Dataset.zip((ds, bits.batch(batch_size))).map(
             lambda pair, r: _dihedral(*pair, r), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    # No autotuning: with it (TF 2.15), deleting a partially consumed iterator, as
+    # train_unet does after its last epoch of steps_per_epoch steps, blocked for 10-40 s on
+    # a 2-core CPU (the autotune thread); the fixed defaults are as fast here.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.prefetch(2).with_options(options)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,13 +150,22 @@ def _as_dataset(data, config: UNetConfig, training: bool) -> tf.data.Dataset:
                          augment=training and config.augment)
 
 
-def train_unet(train: Union[tf.data.Dataset, Arrays], val: Union[tf.data.Dataset, Arrays],
+def _validation_score(model: tf.keras.Model, val, config: UNetConfig) -> float:
+    if callable(val):
+        return float(val(model))
+    return dataset_dice(model, val, config.threshold)
+
+
+def train_unet(train: Union[tf.data.Dataset, Arrays],
+               val: Union[tf.data.Dataset, Arrays, Scorer],
                config: UNetConfig = UNetConfig()) -> Tuple[tf.keras.Model, dict]:
     """Train a U-Net; returns (model with the best-validation-Dice weights, history).
 
     ``train``/``val``: finite datasets of (image, label) [B, P, P, 1] batches, or (images,
     labels) arrays turned into such with patch_dataset (config.batch_size, config.augment;
-    only train is shuffled/augmented). Model selection uses ``val`` only, never test data.
+    only train is shuffled/augmented). ``val`` may also be a Scorer (model -> Dice, e.g. of
+    whole validation volumes), called after every epoch. Model selection uses ``val`` only,
+    never test data.
     Sets the global random seeds (tf.keras.utils.set_random_seed) to config.seed.
     history: per-epoch ``loss`` (mean training soft-Dice loss) and ``val_dice``, plus
     ``best_epoch`` (0-based argmax of val_dice; the first on ties) and ``best_val_dice``.
@@ -156,7 +173,8 @@ def train_unet(train: Union[tf.data.Dataset, Arrays], val: Union[tf.data.Dataset
     if config.epochs < 1:
         raise ValueError(f"epochs must be positive, got {config.epochs}")
     tf.keras.utils.set_random_seed(config.seed)
-    train_ds, val_ds = _as_dataset(train, config, True), _as_dataset(val, config, False)
+    train_ds = _as_dataset(train, config, True)
+    val_ds = val if callable(val) else _as_dataset(val, config, False)
     model = build_unet(None, config.base_filters, config.depth, config.dropout)
     optimizer = tf.keras.optimizers.Adam(config.learning_rate)
 
@@ -177,7 +195,7 @@ def train_unet(train: Union[tf.data.Dataset, Arrays], val: Union[tf.data.Dataset
     best_weights, start = None, time.time()
     for epoch in range(config.epochs):
         losses = [float(step(image, label)) for image, label in epoch_batches()]
-        val_dice = dataset_dice(model, val_ds, config.threshold)
+        val_dice = _validation_score(model, val_ds, config)
         history["loss"].append(float(np.mean(losses)))
         history["val_dice"].append(val_dice)
         if val_dice > history["best_val_dice"]:
@@ -190,7 +208,8 @@ def train_unet(train: Union[tf.data.Dataset, Arrays], val: Union[tf.data.Dataset
     return model, history
 
 
-def train_unet_grid(train: Union[tf.data.Dataset, Arrays], val: Union[tf.data.Dataset, Arrays],
+def train_unet_grid(train: Union[tf.data.Dataset, Arrays],
+                    val: Union[tf.data.Dataset, Arrays, Scorer],
                     configs: Sequence[UNetConfig]) -> Tuple[tf.keras.Model, UNetConfig, List]:
     """Train every config (e.g. a grid over learning rate, dropout, augmentation) and pick the
     one with the best validation Dice; returns (model, config, [(config, history), ...])."""
