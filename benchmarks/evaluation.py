@@ -36,12 +36,6 @@ flags.DEFINE_string("output", os.path.join(os.path.dirname(os.path.abspath(__fil
 FLAGS = flags.FLAGS
 
 
-def _pm(mean, sd, digits):
-    if mean is None:
-        return "n/a"
-    return f"{mean:.{digits}f} ± {sd:.{digits}f}" if sd is not None else f"{mean:.{digits}f}"
-
-
 def _eps(report):
     p = report.get("privacy") or {}
     if not p or not p.get("private"):
@@ -57,12 +51,14 @@ def main(argv):
     rows, start = [], time.time()
     for i, item in enumerate(FLAGS.runs):
         name, workdir = item.split(":", 1)
-        run = evaluate.load_run(evaluate.EvalConfig(workdir=workdir, fid=False))
+        # the reference row's real-data baseline trains on that run's own data set
+        real_train = (evaluate.load_run(evaluate.EvalConfig(workdir=workdir, fid=False)).rec_dir
+                      if i == 0 else None)
         config = evaluate.EvalConfig(
             workdir=workdir, out_dir=os.path.join(workdir, "eval_benchmark"),
             test_data=test_data, num_synthetic=FLAGS.num_synthetic,
             fid_samples=FLAGS.fid_samples, unet=unet,
-            real_train=run.rec_dir if i == 0 else None, threshold_baseline=i == 0)
+            real_train=real_train, threshold_baseline=i == 0)
         t = time.time()
         report = evaluate.evaluate(config, reuse=True)
         print(f"{name}: evaluated in {time.time() - t:.0f} s", flush=True)
@@ -83,8 +79,8 @@ def main(argv):
         fid = r.get("fid")
         ratio = r["dsc_mean"] / ref if ref else float("nan")
         lines.append(f"{name:40s} {(_eps(r) if r.get('privacy') is not None else '-'):>18s} "
-                     f"{_pm(r['dsc_mean'], r['dsc_sd'], 3):>16s} "
-                     f"{_pm(r['hd95_mean_mm'], r['hd95_sd_mm'], 1):>16s} "
+                     f"{evaluate.format_mean_sd(r['dsc_mean'], r['dsc_sd'], 3):>16s} "
+                     f"{evaluate.format_mean_sd(r['hd95_mean_mm'], r['hd95_sd_mm'], 1):>16s} "
                      f"{(f'{fid:.1f}' if fid is not None else '-'):>8s} {ratio:17.3f}")
     floor = rows[0][1].get("fid_real_floor")
     lines += ["", f"FID real-vs-real floor (train vs test patches): "

@@ -755,13 +755,14 @@ def _privacy_summary(card: Optional[dict]) -> Optional[dict]:
 
 # --- REPORT.md -----------------------------------------------------------------------------
 
-def _pm(mean, sd, digits=3):
+def format_mean_sd(mean, sd, digits=3) -> str:
+    """'m ± s' ('m' without an SD, 'n/a' without a mean)."""
     if mean is None:
         return "n/a"
     return f"{mean:.{digits}f}" + ("" if sd is None else f" ± {sd:.{digits}f}")
 
 
-def _num(x, digits=2):
+def format_number(x, digits=2) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
@@ -790,11 +791,11 @@ def render_markdown(report: dict) -> str:
         "| row | DSC (mean ± SD) | HD95 mm (mean ± SD) | undefined HD95 | FID |",
         "|---|---|---|---|---|"]
     for name, row in rows.items():
-        lines.append(f"| {ROW_TITLES.get(name, name)} | {_pm(row['dsc_mean'], row['dsc_sd'])} "
-                     f"| {_pm(row['hd95_mean_mm'], row['hd95_sd_mm'], 2)} | "
-                     f"{row['hd95_num_undefined']} | {_num(row.get('fid'))} |")
+        lines.append(f"| {ROW_TITLES.get(name, name)} | {format_mean_sd(row['dsc_mean'], row['dsc_sd'])} "
+                     f"| {format_mean_sd(row['hd95_mean_mm'], row['hd95_sd_mm'], 2)} | "
+                     f"{row['hd95_num_undefined']} | {format_number(row.get('fid'))} |")
     lines += ["", f"FID of real training vs real test patches (floor): "
-                  f"{_num(report['fid_real_floor'])}", "",
+                  f"{format_number(report['fid_real_floor'])}", "",
               "## Per patient", "",
               "| patient | " + " | ".join(f"{n} DSC | {n} HD95 mm" for n in rows) + " |",
               "|---|" + "---|---|" * len(rows)]
@@ -802,7 +803,7 @@ def render_markdown(report: dict) -> str:
         cells = []
         for row in rows.values():
             p = row["per_patient"][i]
-            cells += [f"{p['dsc']:.4f}", _num(p["hd95_mm"])]
+            cells += [f"{p['dsc']:.4f}", format_number(p["hd95_mm"])]
         lines.append(f"| {entry['patient_id']} | " + " | ".join(cells) + " |")
     sel = report["selection"]
     lines += ["", "## Model selection", "",
@@ -817,7 +818,7 @@ def render_markdown(report: dict) -> str:
                          f"{s['best_val_dice']:.4f} after epoch {best['best_epoch']} of "
                          f"{s['chosen']['epochs']}")
         elif "threshold" in s:
-            lines.append(f"- {name}: threshold {_num(s['threshold'], 4)} on the "
+            lines.append(f"- {name}: threshold {format_number(s['threshold'], 4)} on the "
                          f"{s['scale']}")
     lines += ["", "## Privacy", "", report["privacy_note"], "",
               "## Conventions", ""]
@@ -914,13 +915,13 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     out_dir = config.out_dir or os.path.join(config.workdir, EVAL_DIR)
-    print(f"{report['source']}: DSC {_pm(report['dsc_mean'], report['dsc_sd'])}, HD95 "
-          f"{_pm(report['hd95_mean_mm'], report['hd95_sd_mm'], 2)} mm, FID "
-          f"{_num(report['fid'])} (real floor {_num(report['fid_real_floor'])}) on "
+    print(f"{report['source']}: DSC {format_mean_sd(report['dsc_mean'], report['dsc_sd'])}, HD95 "
+          f"{format_mean_sd(report['hd95_mean_mm'], report['hd95_sd_mm'], 2)} mm, FID "
+          f"{format_number(report['fid'])} (real floor {format_number(report['fid_real_floor'])}) on "
           f"{report['test_set']['num_patients']} test patients")
     for name, row in report["baselines"].items():
-        print(f"{name}: DSC {_pm(row['dsc_mean'], row['dsc_sd'])}, HD95 "
-              f"{_pm(row['hd95_mean_mm'], row['hd95_sd_mm'], 2)} mm")
+        print(f"{name}: DSC {format_mean_sd(row['dsc_mean'], row['dsc_sd'])}, HD95 "
+              f"{format_mean_sd(row['hd95_mean_mm'], row['hd95_sd_mm'], 2)} mm")
     print(f"report: {os.path.join(out_dir, REPORT_JSON)} and {REPORT_MD}; predictions in "
           f"{os.path.join(out_dir, 'predictions')}")
 

@@ -63,12 +63,13 @@ def _finite_or_none(x):
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def make_card(*, private: bool, noise_multiplier: float, l2_norm_clip: float,
+def make_card(*, private: bool, noise_multiplier: float, l2_norm_clip: Optional[float],
               expected_batch_size: float, num_records: int, critic_steps: int, delta: float,
               accountant: str, target_epsilon: Optional[float], privacy_unit: str = "patch",
               patches_per_patient: Optional[int] = None, sampling: str = "poisson",
               compute_pld: bool = True, data_independent_preprocessing: bool = False) -> dict:
-    """The privacy.json object for a run (keys fixed in DESIGN.md)."""
+    """The privacy.json object for a run (keys fixed in DESIGN.md). ``l2_norm_clip`` None:
+    not known (a plan; ε does not depend on C)."""
     q = expected_batch_size / num_records
     eps_rdp = eps_pld = None
     if private:
@@ -86,7 +87,7 @@ def make_card(*, private: bool, noise_multiplier: float, l2_norm_clip: float,
         "epsilon_rdp": _finite_or_none(eps_rdp),
         "epsilon_pld": _finite_or_none(eps_pld),
         "noise_multiplier": float(noise_multiplier) if private else 0.0,
-        "l2_norm_clip": float(l2_norm_clip) if private else None,
+        "l2_norm_clip": float(l2_norm_clip) if private and l2_norm_clip is not None else None,
         "sampling": sampling,
         "sampling_rate": float(q),
         "expected_batch_size": float(expected_batch_size),
@@ -110,6 +111,7 @@ def render_markdown(card: dict) -> str:
             "institution that holds the data.", ""]
     else:
         eps, delta = card["epsilon"], card["delta"]
+        clip = "not set" if card["l2_norm_clip"] is None else f"{card['l2_norm_clip']:g}"
         lines += [
             f"**Guarantee:** ({eps:.3g}, {delta:.3g})-differential privacy per **{unit}** "
             f"(add/remove one {unit}), for the release of the generator and of everything "
@@ -120,7 +122,7 @@ def render_markdown(card: dict) -> str:
             f"- Critic steps run: {card['critic_steps']}; sampling: {card['sampling']} with "
             f"rate q = {card['sampling_rate']:.4g} (expected batch "
             f"{card['expected_batch_size']:g} of {card['num_records']} {PLURAL[unit]}).",
-            f"- Per-{unit} gradient clip C = {card['l2_norm_clip']:g}; Gaussian noise std "
+            f"- Per-{unit} gradient clip C = {clip}; Gaussian noise std "
             f"= {card['noise_multiplier']:.4g} × C per step.",
             f"- δ = {delta:.3g} ≤ 1/(10 N) for N = {card['num_records']} {PLURAL[unit]}: "
             f"releasing one randomly chosen {unit} verbatim is already (0, 1/N)-DP, so a δ "
@@ -221,7 +223,8 @@ def count_records(rec_dir: str, unit: str) -> int:
 def plan_card(*, num_records: int, batch_size: float, critic_steps: int,
               epsilon: Optional[float], noise_multiplier: Optional[float],
               delta: Optional[float], accountant: str, privacy_unit: str = "patch",
-              patches_per_patient: Optional[int] = None) -> dict:
+              patches_per_patient: Optional[int] = None,
+              l2_norm_clip: Optional[float] = None) -> dict:
     """The card a training run with these settings would end with if it ran all its
     planned steps (what ``--plan`` prints); the same functions as tfdpgan.train."""
     eps = math.inf if epsilon is None else epsilon
@@ -230,7 +233,7 @@ def plan_card(*, num_records: int, batch_size: float, critic_steps: int,
                      noise_multiplier=noise_multiplier, delta=delta, accountant=accountant)
     return make_card(
         private=math.isfinite(eps) or noise_multiplier is not None,
-        noise_multiplier=plan["noise_multiplier"], l2_norm_clip=1.0,
+        noise_multiplier=plan["noise_multiplier"], l2_norm_clip=l2_norm_clip,
         expected_batch_size=batch_size, num_records=num_records,
         critic_steps=plan["critic_steps"], delta=plan["delta"], accountant=accountant,
         target_epsilon=eps if math.isfinite(eps) else None, privacy_unit=privacy_unit,

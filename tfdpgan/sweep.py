@@ -202,8 +202,8 @@ def _evaluate(ev: evaluate.EvalConfig, tag: str, set_name: str, say) -> dict:
         say(f"{tag}: evaluation on test set '{set_name}' finished earlier, not redone")
     else:
         say(f"{tag}: evaluated on test set '{set_name}' in {time.time() - t:.0f} s: DSC "
-            f"{evaluate._pm(report['dsc_mean'], report['dsc_sd'])}, FID "
-            f"{evaluate._num(report['fid'])}")
+            f"{evaluate.format_mean_sd(report['dsc_mean'], report['dsc_sd'])}, FID "
+            f"{evaluate.format_number(report['fid'])}")
     return report
 
 
