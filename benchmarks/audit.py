@@ -20,7 +20,8 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tfdpgan import atomic, audit  # pylint: disable=g-import-not-at-top
+from tfdpgan import atomic
+from tfdpgan.leakage import audit  # pylint: disable=g-import-not-at-top
 
 flags.DEFINE_list("workdirs", ["runs/epsinf", "runs/eps3"],
                   "Training workdirs to audit (e.g. the ε = ∞ run first, then ε = 3).")

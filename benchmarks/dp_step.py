@@ -29,8 +29,8 @@ import tensorflow as tf
 import tensorflow_privacy
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tfdpgan import dp_clip  # pylint: disable=g-import-not-at-top
-from tfdpgan import models  # pylint: disable=g-import-not-at-top
+from tfdpgan.dp import clipping  # pylint: disable=g-import-not-at-top
+from tfdpgan.gan import models  # pylint: disable=g-import-not-at-top
 
 flags.DEFINE_integer("demo_patch_size", 64, "Patch size of the demo model.")
 flags.DEFINE_integer("demo_base_filters", 32, "Base filters of the demo model.")
@@ -78,12 +78,12 @@ def _plain_and_dp_seconds(patch_size, base_filters):
     @tf.function(input_signature=spec)
     def plain_step(real, fake):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(dp_clip.wgan_critic_loss(critic, (real, fake)))
+            loss = tf.reduce_mean(clipping.wgan_critic_loss(critic, (real, fake)))
         grads = tape.gradient(loss, critic.trainable_variables)
         plain_optimizer.apply_gradients(zip(grads, critic.trainable_variables))
         return loss
 
-    dp_critic_step = dp_clip.DPCriticStep(
+    dp_critic_step = clipping.DPCriticStep(
         critic, tf.keras.optimizers.legacy.Adam(1e-4), l2_norm_clip=L2_NORM_CLIP,
         noise_multiplier=NOISE_MULTIPLIER, expected_batch_size=FLAGS.batch_size)
     dp_step = tf.function(lambda real, fake: dp_critic_step((real, fake)),
@@ -110,7 +110,7 @@ def _stock_child(patch_size, base_filters):
     @tf.function(input_signature=spec)
     def stock_step(real, fake):
         def per_example_loss():
-            return dp_clip.wgan_critic_loss(critic, (real, fake))
+            return clipping.wgan_critic_loss(critic, (real, fake))
         optimizer.minimize(per_example_loss, critic.trainable_variables)
         return optimizer.iterations
 

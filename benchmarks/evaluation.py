@@ -20,7 +20,9 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tfdpgan import atomic, default_data, evaluate  # pylint: disable=g-import-not-at-top
+from tfdpgan import atomic
+from tfdpgan.data import default_data
+from tfdpgan.evaluation import evaluate  # pylint: disable=g-import-not-at-top
 
 flags.DEFINE_list("runs", ["epsinf:runs/epsinf", "eps3:runs/eps3"],
                   "name:workdir pairs; the first is the reference (ε = ∞) row.")

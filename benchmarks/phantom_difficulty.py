@@ -24,8 +24,9 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from tfdpgan import (atomic, default_data, metrics, patches, pipeline, records, stitching,
-                    unet, volumes)
+from tfdpgan import atomic
+from tfdpgan.data import default_data, patches, pipeline, records, volumes
+from tfdpgan.evaluation import seg_metrics, stitching, unet
 
 flags.DEFINE_integer("num_train", 8, "Training phantom patients (one of them becomes val).")
 flags.DEFINE_integer("num_test", 3, "Held-out test phantom patients.")
@@ -97,17 +98,17 @@ def main(argv):
         return stitching.segment_volume(model, vol, info["normalization"], FLAGS.patch_size,
                                         FLAGS.overlap)[1]
 
-    val_dice = np.mean([metrics.dice(segment(vol), vol.label) for vol in val_volumes])
+    val_dice = np.mean([seg_metrics.dice(segment(vol), vol.label) for vol in val_volumes])
     rows = []
     for case in volumes.find_cases(nifti_dir, "Ts"):
         vol = volumes.load_volume(case)
         seg = segment(vol)
-        threshold, _ = metrics.best_threshold_dice(vol.image, vol.label, vol.mask)
+        threshold, _ = seg_metrics.best_threshold_dice(vol.image, vol.label, vol.mask)
         thresholded = (vol.image >= threshold) & (vol.mask > 0)
         rows.append((case.patient_id,
-                     metrics.dice(seg, vol.label), metrics.hausdorff95(seg, vol.label, vol.spacing),
-                     metrics.dice(thresholded, vol.label),
-                     metrics.hausdorff95(thresholded, vol.label, vol.spacing), threshold))
+                     seg_metrics.dice(seg, vol.label), seg_metrics.hausdorff95(seg, vol.label, vol.spacing),
+                     seg_metrics.dice(thresholded, vol.label),
+                     seg_metrics.hausdorff95(thresholded, vol.label, vol.spacing), threshold))
         logging.info("evaluated %s", case.patient_id)
 
     lines = [

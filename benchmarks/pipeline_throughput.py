@@ -20,7 +20,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from tfdpgan import convert, models, phantom, pipeline, volumes, wgan
+from tfdpgan.data import convert, phantom, pipeline, volumes
+from tfdpgan.gan import models, wgan
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("patients", 6, "Phantom training patients (default shape 192x192x48).")

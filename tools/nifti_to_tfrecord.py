@@ -13,7 +13,7 @@ import sys
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tfdpgan import convert, volumes  # noqa: E402
+from tfdpgan.data import convert, volumes  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "nnU-Net style input folder (imagesTr/, labelsTr/, ...).")

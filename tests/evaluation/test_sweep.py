@@ -1,0 +1,127 @@
+"""The ε sweep at tiny size: results.csv/md/png, resumability, flagfiles."""
+import csv
+import math
+import os
+
+import pytest
+from absl import flags as absl_flags
+
+from conftest import write_case
+from tfdpgan.data import convert, volumes
+from tfdpgan.evaluation import evaluate, sweep, unet
+from tfdpgan.gan import training, wgan
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPE = (40, 40, 8)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    data = str(root / "data")
+    for i in range(3):
+        write_case(data, f"p{i}", shape=SHAPE, seed=70 + i)
+    write_case(data, "t0", split="Ts", shape=SHAPE, seed=80)
+    rec = str(root / "rec")
+    convert.convert(volumes.find_cases(data, "Tr"), rec,
+                    convert.ConvertConfig(patch_size=16, patches_per_patient=40,
+                                          val_fraction=0.34, num_shards=1, seed=0),
+                    test_cases=volumes.find_cases(data, "Ts"), progress=lambda *a: None)
+    config = sweep.SweepConfig(
+        sweep_dir=str(root / "sweep"), epsilons=(math.inf, 3.0),
+        train=training.TrainConfig(workdir="", data=rec, batch_size=20, critic_steps=4,
+                                critic_steps_per_generator_step=2, base_filters=4,
+                                summary_every=100, image_every=100, checkpoint_every=100,
+                                num_samples_png=4, gan=wgan.WGANConfig(latent_dim=8),
+                                tf_seed=0),
+        evaluation=evaluate.EvalConfig(
+            workdir="", num_synthetic=32, fid=False,
+            unet=unet.UNetConfig(base_filters=4, depth=2, learning_rate=3e-3, batch_size=16,
+                                 epochs=1, steps_per_epoch=2, augment=False)))
+    lines = []
+    rows = sweep.run_sweep(config, "--batch_size=20\n", progress=lines.append)
+    return config, rows, lines
+
+
+def _read_csv(config):
+    with open(os.path.join(config.sweep_dir, "results.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def test_results_files(swept):
+    config, rows, lines = swept
+    table = _read_csv(config)
+    assert [(r["row"], r["epsilon_target"]) for r in table] == [
+        ("synthetic", "inf"), ("synthetic", "3"), ("real_train", ""), ("threshold", "")]
+    assert set(table[0]) == set(sweep.CSV_COLUMNS)
+    inf, three = table[0], table[1]
+    assert inf["epsilon_spent"] == "" and float(inf["noise_multiplier"]) == 0.0
+    assert 2.7 <= float(three["epsilon_spent"]) <= 3.0 and float(three["noise_multiplier"]) > 0
+    for r in table:
+        assert 0.0 <= float(r["dsc_mean"]) <= 1.0 and r["test_set"] == "default"
+        assert r["num_patients"] == "1" and r["selection"] == "real_val"
+    text = open(os.path.join(config.sweep_dir, "results.md")).read()
+    assert "| synthetic | ∞ |" in text and "| synthetic | 3 |" in text
+    assert "upper bound" in text and "outside the DP guarantee" in text
+    with open(os.path.join(config.sweep_dir, "results.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    for name in ("eps_inf", "eps_3"):
+        run = os.path.join(config.sweep_dir, name)
+        assert os.path.isfile(os.path.join(run, "eval", "report.json"))
+        flags_txt = open(os.path.join(run, "flags.txt")).read()
+        assert flags_txt.startswith("--batch_size=20\n") and f"--workdir={run}" in flags_txt
+    assert os.path.isfile(os.path.join(config.sweep_dir, "baselines", "eval", "report.json"))
+    assert any("ε=3: training into" in line for line in lines)
+    assert lines[-1].startswith("[sweep] finished")
+
+
+def test_second_run_redoes_nothing(swept, monkeypatch):
+    config, rows, _ = swept
+    before = open(os.path.join(config.sweep_dir, "results.csv")).read()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("redone")
+
+    monkeypatch.setattr(train, "train", forbidden)
+    monkeypatch.setattr(unet, "train_unet", forbidden)
+    monkeypatch.setattr(evaluate, "test_cases", forbidden)   # no evaluation work at all
+    lines = []
+    assert sweep.run_sweep(config, "--batch_size=20\n", progress=lines.append) == rows
+    assert open(os.path.join(config.sweep_dir, "results.csv")).read() == before
+    assert sum("training finished earlier" in line for line in lines) == 2
+    assert sum("finished earlier, not redone" in line for line in lines) == 5
+
+
+def test_changed_training_flags_are_not_silently_reused(swept, monkeypatch):
+    config, _, _ = swept
+    calls = []
+    monkeypatch.setattr(train, "train", lambda *a, **k: calls.append(a) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        sweep.run_sweep(config, "--batch_size=21\n", progress=lambda line: None)
+    assert len(calls) == 1     # went to training.train, which resumes or refuses other settings
+
+
+@pytest.mark.parametrize("cfg", ["sweep_demo.cfg", "sweep_paper.cfg"])
+def test_flagfiles(cfg, monkeypatch):
+    fv = absl_flags.FlagValues()
+    sweep.define_flags(fv)
+    monkeypatch.chdir(ROOT)   # flagfiles include each other by repo-relative path
+    fv(["sweep", f"--flagfile=flags/{cfg}"])
+    config, text = sweep.config_from_flags(fv)
+    config.evaluation.validate()
+    assert config.epsilons[0] == math.inf and len(config.epsilons) >= 2
+    assert "--epsilon=" not in text and "--workdir=" not in text
+    assert f"--critic_steps={config.train.critic_steps}" in text
+    if cfg == "sweep_paper.cfg":
+        assert config.evaluation.unet.base_filters == 32 and config.evaluation.unet.depth == 4
+        assert len(evaluate.parse_grid(config.evaluation.grid)) > 1
+        assert config.train.phantom.patch_size == 96
+
+
+def test_epsilon_parsing_and_plot_positions():
+    assert sweep.parse_epsilons(["inf", "10", "0.5"]) == (math.inf, 10.0, 0.5)
+    for bad in (["0"], ["x"], ["3", "3.0"], []):
+        with pytest.raises(ValueError):
+            sweep.parse_epsilons(bad)
+    x = sweep._x_positions([1.0, 10.0, math.inf])
+    assert x(1.0) == 0.0 and x(10.0) == 1.0 and x(math.inf) >= 2.0

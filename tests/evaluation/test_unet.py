@@ -1,0 +1,128 @@
+import dataclasses
+import inspect
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy import ndimage
+
+from tfdpgan.evaluation import unet
+
+# Tiny, quickly learnable settings: label = bright blobs of smooth noise.
+TINY = unet.UNetConfig(base_filters=8, depth=2, learning_rate=1e-2, batch_size=16, epochs=5)
+
+
+def _blobs(n, patch, seed):
+    rng = np.random.default_rng(seed)
+    images = ndimage.gaussian_filter(rng.standard_normal((n, patch, patch)), (0, 1.5, 1.5))
+    images = (images / np.abs(images).max()).astype(np.float32)
+    return images, (images > 0.2).astype(np.uint8)
+
+
+def test_output_shape_and_range():
+    model = unet.build_unet(32, base_filters=4, depth=2)
+    prob = model(np.random.default_rng(0).uniform(-1, 1, (3, 32, 32, 1)).astype(np.float32))
+    assert prob.shape == (3, 32, 32, 1)
+    assert 0.0 <= float(tf.reduce_min(prob)) and float(tf.reduce_max(prob)) <= 1.0
+
+
+def test_fully_convolutional():
+    model = unet.build_unet(None, base_filters=4, depth=2)
+    assert model(np.zeros((1, 48, 64, 1), np.float32)).shape == (1, 48, 64, 1)
+    with pytest.raises(ValueError):
+        unet.build_unet(30, base_filters=4, depth=2)
+
+
+def test_parameter_count_of_the_half_unet():
+    filters = [32, 64, 128, 256, 512]
+    conv3 = lambda c_in, c_out: 9 * c_in * c_out + c_out
+    expected = 0
+    for c_in, f in zip([1] + filters[:-1], filters):                        # down + bottom
+        expected += conv3(c_in, f) + conv3(f, f)
+    for level in range(4):                                                  # up, after concat
+        f = filters[level]
+        expected += conv3(filters[level + 1] + f, f) + conv3(f, f)
+    expected += 32 + 1                                                      # 1x1 sigmoid
+    assert expected == 7_846_081
+    assert unet.build_unet(None, 32, 4).count_params() == expected
+
+
+def test_dropout_adds_no_parameters():
+    assert (unet.build_unet(None, 4, 2, dropout=0.5).count_params()
+            == unet.build_unet(None, 4, 2).count_params())
+
+
+def test_soft_dice_loss():
+    label = tf.constant(np.eye(8, dtype=np.float32)[None, ..., None])
+    assert float(unet.soft_dice_loss(label, label)) == pytest.approx(0.0)
+    assert float(unet.soft_dice_loss(label, 1.0 - label)) == pytest.approx(1.0, abs=0.02)
+
+
+def test_patch_dataset_augmentation_keeps_image_and_label_together():
+    images = np.arange(10 * 8 * 8, dtype=np.float32).reshape(10, 8, 8)
+    labels = (images % 7 == 0).astype(np.uint8)
+    originals = {img.tobytes() for img in images}
+    changed = 0
+    for image, label in unet.patch_dataset(images, labels, 4, shuffle=True, augment=True):
+        image, label = image.numpy()[..., 0], label.numpy()[..., 0]
+        np.testing.assert_array_equal(label, image % 7 == 0)
+        for img in image:   # a dihedral transform of one original patch
+            variants = [np.rot90(v, k) for v in (img, img.T) for k in range(4)]
+            assert any(v.tobytes() in originals for v in variants)
+            changed += img.tobytes() not in originals
+    assert changed > 0
+    plain = np.concatenate([b[0].numpy()[..., 0] for b in unet.patch_dataset(images, labels, 4)])
+    np.testing.assert_array_equal(plain, images)
+
+
+def test_train_api_takes_no_test_data():
+    assert list(inspect.signature(unet.train_unet).parameters) == ["train", "val", "config"]
+
+
+def test_learns_toy_task():
+    model, history = unet.train_unet(_blobs(256, 16, 0), _blobs(64, 16, 1), TINY)
+    assert len(history["val_dice"]) == len(history["loss"]) == TINY.epochs
+    assert history["best_val_dice"] > 0.8
+    assert history["best_epoch"] == int(np.argmax(history["val_dice"]))
+    val = unet.patch_dataset(*_blobs(64, 16, 1), 32)
+    assert unet.dataset_dice(model, val) == pytest.approx(history["best_val_dice"])
+
+
+def test_keeps_the_weights_of_the_best_validation_epoch():
+    # Validation labels are inverted: the better the model learns the training task, the worse
+    # its validation Dice, so the best epoch is early and not the last one.
+    images, labels = _blobs(64, 16, 1)
+    val = unet.patch_dataset(images, 1 - labels, 32)
+    train = unet.patch_dataset(*_blobs(256, 16, 0), 16, shuffle=True)
+    config = dataclasses.replace(TINY, epochs=4, steps_per_epoch=12)
+    model, history = unet.train_unet(train, val, config)
+    assert history["best_epoch"] == int(np.argmax(history["val_dice"]))
+    assert history["val_dice"][-1] < history["best_val_dice"]
+    assert unet.dataset_dice(model, val) == pytest.approx(history["best_val_dice"])
+
+
+def test_grid_selects_by_validation_dice():
+    frozen = dataclasses.replace(TINY, learning_rate=0.0, epochs=1)
+    learning = dataclasses.replace(TINY, epochs=3, augment=True)
+    model, config, results = unet.train_unet_grid(_blobs(256, 16, 0), _blobs(64, 16, 1),
+                                                  [frozen, learning])
+    assert config == learning
+    assert [c for c, _ in results] == [frozen, learning]
+    assert results[1][1]["best_val_dice"] > results[0][1]["best_val_dice"]
+
+
+def test_validation_scorer_selects_the_epoch():
+    # val may be a scorer (model -> Dice, e.g. of whole validation volumes), called once
+    # per epoch; the weights kept are those of the epoch it scored best.
+    scores, seen = iter([0.1, 0.9, 0.3]), []
+
+    def scorer(model):
+        seen.append([w.copy() for w in model.get_weights()])
+        return next(scores)
+
+    config = dataclasses.replace(TINY, epochs=3, steps_per_epoch=2)
+    model, history = unet.train_unet(_blobs(64, 16, 0), scorer, config)
+    assert history["val_dice"] == [0.1, 0.9, 0.3] and history["best_epoch"] == 1
+    assert len(seen) == 3
+    for kept, best in zip(model.get_weights(), seen[1]):
+        np.testing.assert_array_equal(kept, best)

@@ -1,0 +1,75 @@
+"""Generator and critic: shapes, ranges, no cross-example layers, sizes."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfdpgan.dp import clipping
+from tfdpgan.gan import models
+
+
+@pytest.fixture(scope="module")
+def small_models():
+    tf.random.set_seed(0)
+    return (models.build_generator(latent_dim=8, patch_size=32, base_filters=4),
+            models.build_critic(patch_size=32, base_filters=4))
+
+
+def test_generator_output_shape_and_range(small_models):
+    generator, _ = small_models
+    # A large latent saturates tanh: outputs must still be within [-1, 1].
+    patches = generator(100.0 * tf.random.normal([3, 8]), training=True)
+    assert patches.shape == (3, 32, 32, 2)
+    assert np.all(np.abs(patches.numpy()) <= 1.0)
+
+
+def test_critic_output_shape(small_models):
+    _, critic = small_models
+    assert critic(tf.zeros([3, 32, 32, 2])).shape == (3, 1)
+
+
+def test_critic_is_per_example_with_pre_activation_outputs(small_models):
+    _, critic = small_models
+    clipping.check_per_example(critic)
+    assert not any(isinstance(layer, tf.keras.layers.BatchNormalization)
+                   for layer in critic.submodules)
+    weighted = [layer for layer in critic.layers
+                if isinstance(layer, (tf.keras.layers.Conv2D, tf.keras.layers.Dense))]
+    assert weighted and all(layer.activation is tf.keras.activations.linear
+                            for layer in weighted)
+    assert any(isinstance(layer, tf.keras.layers.GroupNormalization)
+               for layer in critic.layers)
+
+
+def test_critic_scores_do_not_mix_examples(small_models):
+    _, critic = small_models
+    batch = tf.random.normal([4, 32, 32, 2])
+    alone = critic(batch[:1], training=True)
+    together = critic(batch, training=True)[:1]
+    np.testing.assert_allclose(alone.numpy(), together.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("patch_size,stages,seed", [
+    (32, 3, 4), (48, 4, 3), (64, 4, 4), (96, 5, 3)])
+def test_patch_sizes(patch_size, stages, seed):
+    assert models.default_num_stages(patch_size) == stages
+    generator = models.build_generator(latent_dim=4, patch_size=patch_size,
+                                       base_filters=2)
+    critic = models.build_critic(patch_size=patch_size, base_filters=2)
+    assert generator.output_shape == (None, patch_size, patch_size, 2)
+    assert critic.output_shape == (None, 1)
+    assert generator.get_layer(index=2).output_shape == (
+        None, seed, seed, 2 * 2**(stages - 1))
+
+
+def test_invalid_stages():
+    with pytest.raises(ValueError, match="cannot be halved"):
+        models.build_critic(patch_size=20, num_stages=3)
+
+
+def test_paper_parameter_counts():
+    # Build and count only: no forward pass at paper size.
+    generator = models.build_generator(latent_dim=128, patch_size=96,
+                                       base_filters=96)
+    critic = models.build_critic(patch_size=96, base_filters=96)
+    assert critic.count_params() == pytest.approx(25e6, rel=0.02)
+    assert generator.count_params() == pytest.approx(28e6, rel=0.05)

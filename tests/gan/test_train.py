@@ -1,0 +1,270 @@
+"""End-to-end training at tiny sizes: privacy card, export, TensorBoard, resume, sampling."""
+import dataclasses
+import glob
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags as absl_flags
+
+from tfdpgan.dp import accounting, clipping
+from tfdpgan.data import records
+from tfdpgan.gan import sample, training, wgan
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(batch_size=20, critic_steps=30, critic_steps_per_generator_step=2, base_filters=4,
+            summary_every=10, image_every=15, checkpoint_every=10, num_samples_png=4,
+            gan=wgan.WGANConfig(latent_dim=8), tf_seed=0)
+CARD_KEYS = {"private", "privacy_unit", "epsilon", "delta", "target_epsilon", "accountant",
+             "epsilon_rdp", "epsilon_pld", "noise_multiplier", "l2_norm_clip", "sampling",
+             "sampling_rate", "expected_batch_size", "num_records", "critic_steps",
+             "patches_per_patient", "tfdpgan_version"}
+
+
+@pytest.fixture(scope="module")
+def private_run(patch_records, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run") / "w")
+    config = training.TrainConfig(workdir=workdir, data=patch_records, epsilon=3.0, **TINY)
+    card = training.train(config, flags_text="--epsilon=3\n")
+    return config, card
+
+
+def test_privacy_card_matches_budget_and_accountant(private_run, patch_records):
+    config, card = private_run
+    on_disk = json.load(open(os.path.join(config.workdir, "privacy.json")))
+    assert on_disk == card and CARD_KEYS <= set(card)
+    n = records.read_dataset_json(patch_records)["counts"]["train"]
+    assert card["num_records"] == n and card["sampling"] == "poisson"
+    assert card["sampling_rate"] == pytest.approx(config.batch_size / n)
+    assert card["delta"] == pytest.approx(min(1e-5, 1 / (10 * n)))
+    assert card["critic_steps"] == config.critic_steps
+    assert 0.9 * 3.0 <= card["epsilon"] <= 3.0
+    # independent recomputation from the card's own numbers
+    assert card["epsilon"] == pytest.approx(accounting.compute_epsilon(
+        card["noise_multiplier"], card["sampling_rate"], card["critic_steps"], card["delta"],
+        card["accountant"]))
+    assert card["epsilon_pld"] <= card["epsilon_rdp"]
+    text = open(os.path.join(config.workdir, "PRIVACY.md")).read()
+    assert "per **patch**" in text and "group privacy" in text
+
+
+def test_generator_export_signature_and_card(private_run):
+    config, _ = private_run
+    path = os.path.join(config.workdir, "generator")
+    loaded = tf.saved_model.load(path)
+    fn = loaded.signatures["serving_default"]
+    latent = fn.structured_input_signature[1]["latent"]
+    assert latent.dtype == tf.float32 and latent.shape.as_list() == [None, 8]
+    out = fn(latent=tf.random.normal([3, 8]))
+    assert out["image"].shape == (3, 16, 16, 1) and out["label"].shape == (3, 16, 16, 1)
+    assert set(np.unique(out["label"].numpy())) <= {0.0, 1.0}
+    assert np.abs(out["image"].numpy()).max() <= 1.0
+    card = json.load(open(os.path.join(path, "assets.extra", "privacy.json")))
+    assert card == json.load(open(os.path.join(config.workdir, "privacy.json")))
+    shown = subprocess.run(["saved_model_cli", "show", "--dir", path, "--all"],
+                           capture_output=True, text=True)
+    if shown.returncode == 0:
+        assert "serving_default" in shown.stdout and "latent" in shown.stdout
+    assert os.path.isfile(os.path.join(config.workdir, "samples.png"))
+
+
+def test_released_generator_carries_no_patient_details(private_run, patch_records):
+    config, _ = private_run
+    gen = os.path.join(config.workdir, "generator")
+    assert sorted(os.listdir(os.path.join(gen, "assets.extra"))) == [
+        "normalization.json", "privacy.json"]
+    info = records.read_dataset_json(patch_records)
+    # distinctive private strings of dataset.json: source checksums and paths
+    secrets = [patch_records.encode()] + [
+        value.encode() for p in info["patients"].values()
+        for value in [*p["sha256"].values(), p["files"]["image"]]]
+    for folder, _, files in os.walk(gen):
+        for name in files:
+            data = open(os.path.join(folder, name), "rb").read()
+            assert not any(s in data for s in secrets), name
+
+
+def test_tensorboard_tags(private_run):
+    config, _ = private_run
+    tags = set()
+    for path in glob.glob(os.path.join(config.workdir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags |= {v.tag for v in event.summary.value}
+    for tag in ("train/critic_loss", "train/generator_loss", "train/wasserstein_estimate",
+                "privacy/epsilon", "privacy/noise_multiplier", "train/norm_q50",
+                "train/clipped_fraction", "perf/steps_per_sec",
+                "samples/image_and_label_overlay", "privacy/statement", "run/flags"):
+        assert tag in tags, (tag, sorted(tags))
+
+
+def test_sample_round_trip(private_run, tmp_path):
+    config, _ = private_run
+    gen = os.path.join(config.workdir, "generator")
+    out = str(tmp_path / "syn")
+    images, labels = sample.sample_to(gen, 10, out, "tfrecord")
+    info = records.read_dataset_json(out)
+    assert info["counts"]["train"] == 10 and info["patch_size"] == 16
+    parse = records.make_parser(16)
+    ds = tf.data.TFRecordDataset(records.shard_paths(out, "train"), records.COMPRESSION)
+    ex = next(ds.batch(100).map(parse).as_numpy_iterator())
+    assert set(ex["patient_id"]) == {b"synthetic"}
+    np.testing.assert_allclose(np.sort(ex["image"].ravel()), np.sort(images.ravel()))
+    assert os.path.isfile(os.path.join(out, "privacy.json"))
+    sample.sample_to(gen, 5, str(tmp_path / "nii"), "nifti")
+    import nibabel as nib
+    assert nib.load(str(tmp_path / "nii" / "label.nii.gz")).shape == (16, 16, 5)
+    sample.sample_to(gen, 5, str(tmp_path / "png"), "png")
+    assert glob.glob(str(tmp_path / "png" / "samples_*.png"))
+    with pytest.raises(FileExistsError):
+        sample.sample_to(gen, 5, out, "tfrecord")
+
+
+def test_infinite_epsilon_is_really_non_private(patch_records, tmp_path, monkeypatch):
+    config = training.TrainConfig(workdir=str(tmp_path / "w"), data=patch_records,
+                               epsilon=math.inf, **dict(TINY, critic_steps=4))
+    card = training.train(config)
+    assert card["private"] is False and card["epsilon"] is None
+    assert card["noise_multiplier"] == 0.0
+    assert "NOT differentially private" in open(os.path.join(config.workdir, "PRIVACY.md")).read()
+    # the critic step is the plain gradient of the mean loss: no clipping, no noise
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a DP routine ran in a non-private step")
+    monkeypatch.setattr(dp_clip, "clipped_gradient_sum", forbidden)
+    monkeypatch.setattr(dp_clip, "private_gradients", forbidden)
+    real = tf.random.uniform([6, 16, 16, 2], -1, 1, seed=1)
+    fake = tf.random.uniform([6, 16, 16, 2], -1, 1, seed=2)
+    gan = training.build_wgan(config, 16, {"noise_multiplier": 0.0})
+    twin = training.build_wgan(config, 16, {"noise_multiplier": 0.0})
+    assert gan.config.private is False
+    for a, b in zip(twin.critic.variables, gan.critic.variables):
+        a.assign(b)
+    gan._fakes_for = lambda n: fake[:n]
+    gan.critic_step(real)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(twin.per_example_loss(twin.critic, (real, fake, tf.ones([6]))))
+    variables = twin.critic.trainable_variables
+    twin.critic_optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    for a, b in zip(gan.critic.trainable_variables, variables):
+        np.testing.assert_allclose(a.numpy(), np.clip(b.numpy(), -0.01, 0.01), rtol=1e-5,
+                                   atol=1e-8)
+
+
+def test_workdir_refuses_different_settings(private_run):
+    config, _ = private_run
+    with pytest.raises(ValueError, match="different settings"):
+        training.train(dataclasses.replace(config, batch_size=10))
+
+
+def _train_cmd(data, workdir, steps):
+    return [sys.executable, "-m", "tfdpgan.train", f"--data={data}", f"--workdir={workdir}",
+            "--epsilon=3", "--batch_size=20", f"--critic_steps={steps}", "--n_critic=2",
+            "--base_filters=4", "--latent_dim=8", "--checkpoint_every=10",
+            "--summary_every=1000", "--image_every=1000", "--sampling_seed=11", "--tf_seed=0"]
+
+
+def test_kill_and_resume_counts_privacy_like_an_uninterrupted_run(patch_records, tmp_path):
+    steps = 400
+    resumed = str(tmp_path / "resumed")
+    proc = subprocess.Popen(_train_cmd(patch_records, resumed, steps), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = os.path.join(resumed, "checkpoints", "ckpt-20.index")
+    deadline = time.time() + 240
+    while not os.path.exists(first) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert os.path.exists(first), "no checkpoint appeared before the kill"
+    assert not os.path.exists(os.path.join(resumed, "privacy.json")), "finished before kill"
+
+    again = subprocess.run(_train_cmd(patch_records, resumed, steps), cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in again.stderr
+    straight = str(tmp_path / "straight")
+    once = subprocess.run(_train_cmd(patch_records, straight, steps), cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert once.returncode == 0, once.stderr[-3000:]
+    card_resumed = json.load(open(os.path.join(resumed, "privacy.json")))
+    card_straight = json.load(open(os.path.join(straight, "privacy.json")))
+    assert card_resumed == card_straight and card_resumed["critic_steps"] == steps
+    # the flags file repeats the run
+    flags_txt = open(os.path.join(straight, "flags.txt")).read()
+    assert "--critic_steps=400" in flags_txt and f"--workdir={straight}" in flags_txt
+
+
+TRAIN_FLAGFILES = sorted(f for f in glob.glob(os.path.join(ROOT, "flags", "*.cfg"))
+                         if not os.path.basename(f).startswith("sweep_"))  # test_sweep.py
+
+
+@pytest.mark.parametrize("cfg", TRAIN_FLAGFILES)
+def test_flagfiles_parse(cfg, monkeypatch):
+    fv = absl_flags.FlagValues()
+    training.define_flags(fv)
+    monkeypatch.chdir(ROOT)  # flagfiles include each other by repo-relative path
+    fv(["train", f"--flagfile={cfg}"])
+    config = training.config_from_flags(fv)
+    assert config.batch_size >= 1 and config.critic_steps >= 1
+    assert os.path.basename(cfg) != "paper_wgan.cfg" or not config.private
+
+
+def test_export_command_reexports_from_checkpoint(private_run):
+    config, _ = private_run
+    gen = os.path.join(config.workdir, "generator")
+    z = tf.random.normal([2, 8], seed=3)
+    before = tf.saved_model.load(gen).signatures["serving_default"](latent=z)
+    done = subprocess.run([sys.executable, "-m", "tfdpgan.export", f"--workdir={config.workdir}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = tf.saved_model.load(gen).signatures["serving_default"](latent=z)
+    np.testing.assert_allclose(before["image"].numpy(), after["image"].numpy(), atol=1e-5)
+    assert os.path.isfile(os.path.join(gen, "assets.extra", "privacy.json"))
+    assert os.path.isfile(os.path.join(gen, "assets.extra", "normalization.json"))
+
+
+def test_wgan_gp_trains_privately(patch_records, tmp_path):
+    gan_config = wgan.WGANConfig(latent_dim=8, loss="wgan_gp", optimizer="adam",
+                                 critic_lr=1e-4, generator_lr=1e-4)
+    config = training.TrainConfig(workdir=str(tmp_path / "gp"), data=patch_records, epsilon=3.0,
+                               **dict(TINY, critic_steps=4, gan=gan_config))
+    card = training.train(config)
+    assert card["critic_steps"] == 4 and 2.7 <= card["epsilon"] <= 3.0
+    # the penalty is part of the per-example loss, and there is no weight clipping
+    gan = training.build_wgan(dataclasses.replace(config, gan=dataclasses.replace(
+        gan_config, critic_lr=0.05)), 16, {"noise_multiplier": 0.5})
+    real = tf.random.uniform([5, 16, 16, 2], -1, 1, seed=4)
+    fake = tf.random.uniform([5, 16, 16, 2], -1, 1, seed=5)
+    plain = clipping.wgan_critic_loss(gan.critic, (real, fake))
+    assert np.all(gan.per_example_loss(gan.critic, (real, fake, tf.ones([5]))).numpy()
+                  > plain.numpy())
+    for _ in range(3):
+        gan.critic_step(real)
+    assert max(np.abs(v.numpy()).max() for v in gan.critic.trainable_variables) > 0.01
+
+
+def test_demo_flagfile_is_the_default(monkeypatch):
+    parsed = []
+    for argv in (["train"], ["train", "--flagfile=flags/demo.cfg"]):
+        fv = absl_flags.FlagValues()
+        training.define_flags(fv)
+        monkeypatch.chdir(ROOT)
+        fv(argv)
+        parsed.append(training.config_from_flags(fv))
+    assert parsed[0] == parsed[1]
+
+
+def test_bad_data_folder_fails_cleanly(tmp_path):
+    workdir = str(tmp_path / "w")
+    done = subprocess.run([sys.executable, "-m", "tfdpgan.train", f"--data={tmp_path}/missing",
+                           f"--workdir={workdir}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "missing/dataset.json" in errors[0]
+    assert not os.path.exists(workdir)

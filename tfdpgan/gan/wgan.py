@@ -1,0 +1,168 @@
+"""The WGAN training steps: a critic step (DP when private) and a generator step.
+
+Pairs are 2-channel patches in [-1, 1]: channel 0 the normalised image, channel 1 the vessel
+label mapped {0, 1} -> {-1, 1}.
+
+Critic step (the only code that reads real data): for a Poisson-sampled batch of B real
+patches, draw B fakes and use the per-row loss
+    loss_j = w_j * (critic(fake_j) - critic(real_j))   (+ gp_weight * penalty_j for wgan_gp)
+A privacy record is ``group_size`` = k consecutive rows: one patch (k = 1, w = 1) or the k
+patch slots of one patient (w = 1/k for a real patch, 0 for padding, so the record's loss is
+the sum over its slots and padding contributes nothing). Each record's whole influence is
+clipped to C (dp_clip), then Gaussian noise std noise_multiplier * C is added by TF Privacy's
+GaussianSumQuery and the sum is divided by the EXPECTED number of records per batch (the
+realised number is data-dependent). One DP update per critic iteration; the generator step
+reads only the critic, so it is post-processing.
+With ``private=False`` (ε = ∞) the plain gradient of the mean loss is used: no clipping, no
+noise.
+"""
+import dataclasses
+import math
+
+import tensorflow as tf
+import tensorflow_privacy
+
+from tfdpgan.dp import clipping
+
+LOSSES = ("wgan", "wgan_gp")
+
+
+@dataclasses.dataclass(frozen=True)
+class WGANConfig:
+    latent_dim: int = 128
+    loss: str = "wgan"
+    weight_clip: float = 0.01         # loss=wgan: critic weights clipped to [-c, c]
+    gp_weight: float = 10.0           # loss=wgan_gp
+    optimizer: str = "rmsprop"        # rmsprop | adam
+    critic_lr: float = 5e-5
+    generator_lr: float = 5e-5
+    adam_beta1: float = 0.5
+    adam_beta2: float = 0.9
+    private: bool = True
+    l2_norm_clip: float = 1.0
+    noise_multiplier: float = 1.0
+    expected_batch_size: float = 32.0  # expected RECORDS per critic step (q * N)
+    group_size: int = 1                # rows per record: 1 (patch) or k (patient)
+
+
+def to_pairs(image, label):
+    """[B, P, P, 1] image in [-1, 1] and label in {0, 1} -> [B, P, P, 2] in [-1, 1]."""
+    return tf.concat([image, 2.0 * label - 1.0], axis=-1)
+
+
+def _optimizer(name: str, lr: float, config: WGANConfig):
+    if name == "rmsprop":
+        return tf.keras.optimizers.legacy.RMSprop(lr)
+    if name == "adam":
+        return tf.keras.optimizers.legacy.Adam(lr, config.adam_beta1, config.adam_beta2)
+    raise ValueError(f"unknown optimizer {name!r}; choose rmsprop or adam")
+
+
+class WGAN(tf.Module):
+    """Generator, critic, their optimizers and the two training steps."""
+
+    def __init__(self, generator: tf.keras.Model, critic: tf.keras.Model, config: WGANConfig):
+        super().__init__(name="wgan")
+        if config.loss not in LOSSES:
+            raise ValueError(f"unknown loss {config.loss!r}; choose from {LOSSES}")
+        self.generator, self.critic, self.config = generator, critic, config
+        self.critic_optimizer = _optimizer(config.optimizer, config.critic_lr, config)
+        self.generator_optimizer = _optimizer(config.optimizer, config.generator_lr, config)
+        self.query = tensorflow_privacy.GaussianSumQuery(
+            config.l2_norm_clip, config.noise_multiplier * config.l2_norm_clip)
+        self.query_state = self.query.initial_global_state()
+        patch = critic.input_shape[1]
+        spec = tf.TensorSpec([None, patch, patch, critic.input_shape[-1]], tf.float32)
+        self._critic_step_fn = tf.function(
+            self._critic_step, input_signature=[spec, tf.TensorSpec([None], tf.float32)])
+        self.critic_metrics = tf.function(self._critic_metrics, input_signature=[spec])
+        self.generator_step = tf.function(
+            self._generator_step, input_signature=[tf.TensorSpec([], tf.int32)])
+
+    def per_example_loss(self, critic, inputs):
+        """w_j * loss_j for rows (real_j, fake_j, w_j); depends on row j only."""
+        real, fake, weight = inputs
+        loss = clipping.wgan_critic_loss(critic, (real, fake))
+        if self.config.loss == "wgan_gp":
+            alpha = tf.random.uniform([tf.shape(real)[0], 1, 1, 1])
+            mixed = alpha * real + (1.0 - alpha) * fake
+            with tf.GradientTape() as tape:
+                tape.watch(mixed)
+                score = critic(mixed, training=True)
+            grad = tape.gradient(score, mixed)
+            norm = tf.sqrt(tf.reduce_sum(tf.square(grad), axis=[1, 2, 3]) + 1e-12)
+            loss += self.config.gp_weight * tf.square(norm - 1.0)
+        return weight * loss
+
+    def _sample(self, n, training):
+        z = tf.random.normal([n, self.config.latent_dim])
+        return self.generator(z, training=training)
+
+    def _fakes_for(self, n):
+        """n fakes for the critic step, drawn in independent chunks of a FIXED size
+        (ceil of the expected rows per step). The generator's BatchNorm couples the samples of
+        one call, so one call of size n would make every fake depend on the realised,
+        data-dependent batch size; fixed-size chunks keep the fakes exchangeable and
+        independent of it, as the per-example sensitivity argument needs."""
+        chunk = int(math.ceil(self.config.expected_batch_size * self.config.group_size))
+        chunks = (n + chunk - 1) // chunk
+        z = tf.random.normal([chunks, chunk, self.config.latent_dim])
+        fakes = tf.map_fn(lambda zc: self.generator(zc, training=True), z,
+                          fn_output_signature=tf.float32)
+        return tf.reshape(fakes, [-1, *fakes.shape[2:]])[:n]
+
+    def critic_step(self, real, weight=None):
+        """One critic update; ``weight`` defaults to 1 per row (patch-level records)."""
+        if weight is None:
+            weight = tf.ones([tf.shape(real)[0]], tf.float32)
+        return self._critic_step_fn(real, weight)
+
+    def _critic_step(self, real, weight):
+        """One critic update on rows ``real`` [B, P, P, C] with row weights ``weight`` [B]
+        (B a multiple of group_size; see the module docstring)."""
+        fake = self._fakes_for(tf.shape(real)[0])
+        variables = self.critic.trainable_variables
+        stats = {}
+        if self.config.private:
+            clip = self.config.l2_norm_clip
+            clipped_sum = (clipping.clipped_gradient_sum_vmap if self.config.loss == "wgan_gp"
+                           else clipping.clipped_gradient_sum)
+            summed, norms = clipped_sum(self.critic, self.per_example_loss,
+                                        (real, fake, weight), clip,
+                                        group_size=self.config.group_size)
+            grads = clipping.private_gradients(summed, self.query, self.query_state,
+                                              self.config.expected_batch_size)
+            stats = clipping.norm_stats(norms, clip)
+        else:
+            with tf.GradientTape() as tape:
+                losses = self.per_example_loss(self.critic, (real, fake, weight))
+                loss = tf.math.divide_no_nan(tf.reduce_sum(losses), tf.reduce_sum(weight))
+            grads = tape.gradient(loss, variables)
+        self.critic_optimizer.apply_gradients(zip(grads, variables))
+        if self.config.loss == "wgan":
+            c = self.config.weight_clip
+            for v in variables:
+                v.assign(tf.clip_by_value(v, -c, c))
+        return {"batch_size": tf.shape(real)[0] // self.config.group_size, **stats}
+
+    def _critic_metrics(self, real):
+        """Critic loss and Wasserstein estimate on a batch (for logging only; NOT private:
+        computed from real data outside the DP mechanism)."""
+        fake = self._sample(tf.shape(real)[0], training=False)
+        real_score = self.critic(real, training=False)[:, 0]
+        fake_score = self.critic(fake, training=False)[:, 0]
+        w = tf.reduce_mean(real_score) - tf.reduce_mean(fake_score)
+        return {"critic_loss": -w, "wasserstein_estimate": w}
+
+    def _generator_step(self, batch_size):
+        with tf.GradientTape() as tape:
+            fake = self._sample(batch_size, training=True)
+            loss = -tf.reduce_mean(self.critic(fake, training=True))
+        variables = self.generator.trainable_variables
+        grads = tape.gradient(loss, variables)
+        self.generator_optimizer.apply_gradients(zip(grads, variables))
+        return {"generator_loss": loss}
+
+    def sample(self, n: int):
+        """n generated pairs [n, P, P, 2] (inference mode)."""
+        return self._sample(n, training=False)
