@@ -23,8 +23,13 @@ setup(
         "tensorboard>=2.15,<2.16",
         "matplotlib>=3.7,<4",      # sweep plot (PNG, Agg backend)
         "scikit-learn>=1.3",       # audit: ROC curves / AUC
+        "SimpleITK>=2.3,<3",       # MetaImage / NRRD / DICOM series input
     ],
     extras_require={
         "test": ["pytest>=7.4"],
     },
+    entry_points={"console_scripts": [
+        f"tfdpgan-{name}=tfdpgan.{name}:cli_main" for name in (
+            "train", "export", "sample", "privacy", "evaluate", "sweep", "audit", "phantom",
+            "convert", "fid")]},
 )

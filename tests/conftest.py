@@ -8,6 +8,7 @@ import os
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tfdpgan  # noqa: E402,F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow loads)
 os.environ["TFDPGAN_CACHE"] = tempfile.mkdtemp(prefix="tfdpgan-test-cache-")
 os.environ.setdefault("TFDPGAN_FID_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
                                                         "tfdpgan-test-fid"))

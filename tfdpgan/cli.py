@@ -25,10 +25,11 @@ class FlagDefiner:
         return lambda *args, **kwargs: define(*args, flag_values=self.fv, **kwargs)
 
 
-def flags_text(fv: flags.FlagValues, module_name: str, exclude: Iterable[str] = ()) -> str:
-    """The flags of ``module_name`` that have a value, one per line, as a flagfile."""
+def flags_text(fv: flags.FlagValues, exclude: Iterable[str] = ()) -> str:
+    """The command's own flags (those defined through FlagDefiner, which absl files under
+    this module) that have a value, one per line, as a flagfile."""
     exclude = set(exclude)
-    return "".join(f.serialize() + "\n" for f in fv.get_key_flags_for_module(module_name)
+    return "".join(f.serialize() + "\n" for f in fv.get_key_flags_for_module(__name__)
                    if f.value is not None and f.name not in exclude)
 
 

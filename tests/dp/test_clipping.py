@@ -3,10 +3,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_privacy
-from tensorflow_privacy.privacy.dp_query import gaussian_query
 
-from tfdpgan.dp import clipping
-from tfdpgan.gan import models
+from tfdpgan.dp import clipping, step
+from tfdpgan.gan import losses, models
 
 PATCH = 32
 BATCH = 6
@@ -80,10 +79,10 @@ def pairs():
 @pytest.fixture(scope="module")
 def reference(critic, pairs):
     """Clip factor -> (naive clipped sum, naive norms); clip relative to norms."""
-    _, norms = _naive(critic, clipping.wgan_critic_loss, pairs, 1.0)
+    _, norms = _naive(critic, losses.wgan_critic, pairs, 1.0)
     clips = {"binding": 0.1 * norms.min(), "mixed": float(np.median(norms)),
              "none": 10.0 * norms.max()}
-    return {name: (clip, *_naive(critic, clipping.wgan_critic_loss, pairs, clip))
+    return {name: (clip, *_naive(critic, losses.wgan_critic, pairs, clip))
             for name, clip in clips.items()}
 
 
@@ -93,10 +92,10 @@ def test_wgan_pair_sum_matches_naive(critic, pairs, reference, clip, method):
     l2_norm_clip, expected, expected_norms = reference[clip]
     if method == "vmap":
         clipped_sum, norms = clipping.clipped_gradient_sum_vmap(
-            critic, clipping.wgan_critic_loss, pairs, l2_norm_clip)
+            critic, losses.wgan_critic, pairs, l2_norm_clip)
     else:
         clipped_sum, norms = clipping.clipped_gradient_sum(
-            critic, clipping.wgan_critic_loss, pairs, l2_norm_clip, method=method)
+            critic, losses.wgan_critic, pairs, l2_norm_clip, method=method)
     np.testing.assert_allclose(norms.numpy(), expected_norms, rtol=1e-4)
     _assert_grads_close(clipped_sum, expected)
 
@@ -105,9 +104,9 @@ def test_wgan_pair_sum_matches_naive(critic, pairs, reference, clip, method):
 def test_wgan_pair_sum_matches_tf_privacy(critic, pairs, reference, clip):
     l2_norm_clip, _, _ = reference[clip]
     clipped_sum, _ = clipping.clipped_gradient_sum(
-        critic, clipping.wgan_critic_loss, pairs, l2_norm_clip)
+        critic, losses.wgan_critic, pairs, l2_norm_clip)
     _assert_grads_close(clipped_sum, _tf_privacy(
-        critic, clipping.wgan_critic_loss, pairs, l2_norm_clip))
+        critic, losses.wgan_critic, pairs, l2_norm_clip))
 
 
 def test_pair_is_one_example(critic, pairs, reference):
@@ -117,7 +116,7 @@ def test_pair_is_one_example(critic, pairs, reference):
     _, real_norms = _naive(critic, _single_loss, real, 1.0)
     _, fake_norms = _naive(critic, _single_loss, fake, 1.0)
     _, norms = clipping.clipped_gradient_sum(
-        critic, clipping.wgan_critic_loss, pairs, 1.0)
+        critic, losses.wgan_critic, pairs, 1.0)
     np.testing.assert_allclose(norms.numpy(), pair_norms, rtol=1e-4)
     separate = np.sqrt(real_norms**2 + fake_norms**2)
     assert np.all(np.abs(separate - pair_norms) > 1e-2 * pair_norms)
@@ -156,11 +155,11 @@ def test_per_layer_norms_match_naive(name, method):
     model = _one_layer_model(make_layer(), input_shape)
     _randomize(model, 2)
     pairs = _pairs(4, input_shape, 3)
-    _, expected_norms = _naive(model, clipping.wgan_critic_loss, pairs, 1.0)
+    _, expected_norms = _naive(model, losses.wgan_critic, pairs, 1.0)
     clip = float(np.median(expected_norms))
-    expected, _ = _naive(model, clipping.wgan_critic_loss, pairs, clip)
+    expected, _ = _naive(model, losses.wgan_critic, pairs, clip)
     clipped_sum, norms = clipping.clipped_gradient_sum(
-        model, clipping.wgan_critic_loss, pairs, clip, method=method)
+        model, losses.wgan_critic, pairs, clip, method=method)
     np.testing.assert_allclose(norms.numpy(), expected_norms, rtol=1e-4)
     _assert_grads_close(clipped_sum, expected)
 
@@ -183,9 +182,9 @@ def test_huge_gradient_changes_sum_by_at_most_clip():
     real = tf.concat([1e4 * real[:1], real[1:]], axis=0)
     l2_norm_clip = 1.0
     with_all, norms = clipping.clipped_gradient_sum(
-        model, clipping.wgan_critic_loss, (real, fake), l2_norm_clip)
+        model, losses.wgan_critic, (real, fake), l2_norm_clip)
     without, _ = clipping.clipped_gradient_sum(
-        model, clipping.wgan_critic_loss, (real[1:], fake[1:]), l2_norm_clip)
+        model, losses.wgan_critic, (real[1:], fake[1:]), l2_norm_clip)
     assert norms[0] > 1e3 * l2_norm_clip
     difference = tf.linalg.global_norm([a - b for a, b in zip(with_all, without)])
     assert 0.999 * l2_norm_clip <= difference <= l2_norm_clip * (1 + 1e-4)
@@ -193,12 +192,12 @@ def test_huge_gradient_changes_sum_by_at_most_clip():
 
 def test_noise_std_and_mean():
     l2_norm_clip, noise_multiplier, expected_batch_size = 2.0, 1.5, 10.0
-    query = gaussian_query.GaussianSumQuery(l2_norm_clip,
-                                            noise_multiplier * l2_norm_clip)
-    state = query.initial_global_state()
     zero_sum = [tf.zeros([200, 250]), tf.zeros([3])]
-    noised = tf.function(lambda s: clipping.private_gradients(
-        s, query, state, expected_batch_size))
+    model = _model_with(tf.keras.layers.GroupNormalization(groups=2))
+    private = step.PrivateStep(model, tf.keras.optimizers.SGD(1.0), losses.wgan_critic,
+                               l2_norm_clip=l2_norm_clip, noise_multiplier=noise_multiplier,
+                               expected_batch_size=expected_batch_size)
+    noised = tf.function(private.noised_mean)
     first, second = noised(zero_sum)[0].numpy(), noised(zero_sum)[0].numpy()
     std = noise_multiplier * l2_norm_clip / expected_batch_size
     for draw in (first, second):
@@ -213,19 +212,20 @@ def test_normalised_by_expected_not_realised_batch(critic, pairs):
     model.set_weights(critic.get_weights())
     realised = tuple(t[:3] for t in pairs)
     clipped_sum, _ = clipping.clipped_gradient_sum(
-        model, clipping.wgan_critic_loss, realised, 0.5)
+        model, losses.wgan_critic, realised, 0.5)
     before = [v.numpy() for v in model.trainable_variables]
-    step = clipping.DPCriticStep(
-        model, tf.keras.optimizers.SGD(1.0), l2_norm_clip=0.5,
+    private = step.PrivateStep(
+        model, tf.keras.optimizers.SGD(1.0), losses.wgan_critic, l2_norm_clip=0.5,
         noise_multiplier=0.0, expected_batch_size=10)
-    step(realised)
+    private(realised)
     updates = [b - v.numpy() for b, v in zip(before, model.trainable_variables)]
     _assert_grads_close([tf.constant(u) for u in updates],
                         [g / 10.0 for g in clipped_sum])
-    query = gaussian_query.GaussianSumQuery(0.5, 0.0)
     for expected_batch_size in (3.0, 10.0):
-        grads = clipping.private_gradients(
-            clipped_sum, query, query.initial_global_state(), expected_batch_size)
+        grads = step.PrivateStep(
+            model, tf.keras.optimizers.SGD(1.0), losses.wgan_critic, l2_norm_clip=0.5,
+            noise_multiplier=0.0, expected_batch_size=expected_batch_size
+        ).noised_mean(clipped_sum)
         _assert_grads_close(grads, [g / expected_batch_size for g in clipped_sum])
 
 
@@ -242,25 +242,27 @@ def test_batch_norm_rejected(vmap):
     clipped_sum = (clipping.clipped_gradient_sum_vmap if vmap
                    else clipping.clipped_gradient_sum)
     with pytest.raises(ValueError, match="BatchNormalization"):
-        clipped_sum(model, clipping.wgan_critic_loss, _pairs(2, (8, 8, 2), 0), 1.0)
+        clipped_sum(model, losses.wgan_critic, _pairs(2, (8, 8, 2), 0), 1.0)
 
 
 def test_unsupported_trainable_layer_rejected():
     model = _model_with(tf.keras.layers.Conv2DTranspose(2, 3))
     with pytest.raises(NotImplementedError, match="clipped_gradient_sum_vmap"):
         clipping.clipped_gradient_sum(
-            model, clipping.wgan_critic_loss, _pairs(2, (8, 8, 2), 0), 1.0)
+            model, losses.wgan_critic, _pairs(2, (8, 8, 2), 0), 1.0)
 
 
 @pytest.mark.parametrize("vmap", [False, True])
 def test_variable_batch_in_one_tf_function(critic, pairs, vmap):
     model = models.build_critic(patch_size=PATCH, base_filters=4)
     model.set_weights(critic.get_weights())
-    step = clipping.DPCriticStep(
-        model, tf.keras.optimizers.SGD(0.1), l2_norm_clip=1.0,
-        noise_multiplier=0.0, expected_batch_size=4, vmap=vmap)
+    private = step.PrivateStep(
+        model, tf.keras.optimizers.SGD(0.1), losses.wgan_critic, l2_norm_clip=1.0,
+        noise_multiplier=0.0, expected_batch_size=4,
+        clipping_method="vmap" if vmap else "ghost")
     spec = [tf.TensorSpec([None, PATCH, PATCH, 2])] * 2
-    run = tf.function(lambda real, fake: step((real, fake)), input_signature=spec)
+    run = tf.function(lambda real, fake: clipping.norm_stats(
+        private((real, fake))["per_record_norms"], 1.0), input_signature=spec)
     stats = run(*(t[:4] for t in pairs))
     traces = run.experimental_get_tracing_count()
     stats = run(*(t[:1] for t in pairs))
@@ -277,7 +279,7 @@ def test_variable_batch_in_one_tf_function(critic, pairs, vmap):
 def test_empty_batch_gives_zero_sum(critic, pairs):
     empty = tuple(t[:0] for t in pairs)
     clipped_sum, norms = clipping.clipped_gradient_sum(
-        critic, clipping.wgan_critic_loss, empty, 1.0)
+        critic, losses.wgan_critic, empty, 1.0)
     assert norms.shape == (0,)
     assert all(not np.any(g.numpy()) for g in clipped_sum)
 
@@ -324,7 +326,7 @@ GROUP = 3  # rows per record: BATCH = 6 rows = 2 patients
 def _mean_pair_loss(critic, inputs):
     """Row loss / k, so a record's loss is the mean over its k rows, as in TF Privacy's
     microbatches (which average the loss vector within each microbatch)."""
-    return clipping.wgan_critic_loss(critic, inputs) / GROUP
+    return losses.wgan_critic(critic, inputs) / GROUP
 
 
 def _tf_privacy_microbatches(model, loss_fn, inputs, l2_norm_clip, num_microbatches):

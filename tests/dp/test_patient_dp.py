@@ -8,10 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from tfdpgan.dp import accounting, card
+from tfdpgan.dp import accounting
+from tfdpgan.dp import card as privacy_card
 from tfdpgan.data import pipeline, records
-from tfdpgan.gan import training
-from test_train import CARD_KEYS, TINY
+from tfdpgan.gan import run, training
+from tiny import CARD_KEYS, TINY
 
 K = 4
 
@@ -19,7 +20,7 @@ K = 4
 @pytest.fixture(scope="module")
 def patient_config(patch_records, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("patient") / "w")
-    return training.TrainConfig(workdir=workdir, data=patch_records, epsilon=3.0,
+    return run.TrainConfig(workdir=workdir, data=patch_records, epsilon=3.0,
                              privacy_unit="patient", patches_per_patient=K,
                              **dict(TINY, batch_size=2, critic_steps=12))
 
@@ -31,13 +32,15 @@ def patient_run(patient_config):
 
 def test_patient_batches_hold_at_most_k_rows_per_patient(patient_config, patch_records):
     arrays = pipeline.load_arrays(patch_records, "train")
-    n = training.num_records(patient_config, arrays)
+    n = privacy_card.count_records(records.read_dataset_json(patch_records), "patient")
+    assert n == sum(len(r) > 0 for r in arrays.patient_records())
     assert n == records.read_dataset_json(patch_records)["splits"]["train"]["num_patients"]
-    plan = {"sampling_rate": 0.5, "critic_steps": 20}
+    plan = privacy_card.Plan(sampling_rate=0.5, critic_steps=20, delta=1e-5,
+                             noise_multiplier=1.0, num_records=n, expected_batch_size=n / 2)
     groups = arrays.patient_records()
     own = [{arrays.images[i].tobytes() for i in g} for g in groups]
     seen_rows = 0
-    for pairs, weight in training._batches(patient_config, arrays, plan, seed=3, start_step=0):
+    for pairs, weight in training.batches(patient_config, arrays, plan, seed=3, start_step=0):
         pairs, weight = pairs.numpy(), weight.numpy()
         assert len(pairs) % K == 0 and len(weight) == len(pairs)
         for r in range(len(pairs) // K):
@@ -71,7 +74,7 @@ def test_patient_level_card(patient_run, patch_records):
 
 def test_plan_mode_agrees_with_the_trained_run(patient_run, patch_records):
     config, card = patient_run
-    planned = card.plan_card(
+    planned = privacy_card.plan_card(
         num_records=card["num_records"], batch_size=config.batch_size,
         critic_steps=config.critic_steps, epsilon=config.epsilon, noise_multiplier=None,
         delta=None, accountant=config.accountant, privacy_unit="patient",
@@ -96,11 +99,11 @@ def test_plan_mode_rejects_a_missing_data_set(tmp_path):
 
 
 def test_patch_level_card_states_the_patient_bound():
-    card = card.make_card(private=True, noise_multiplier=1.0, l2_norm_clip=1.0,
+    card = privacy_card.make_card(private=True, noise_multiplier=1.0, l2_norm_clip=1.0,
                              expected_batch_size=64, num_records=9000, critic_steps=100,
                              delta=1e-5, accountant="pld", target_epsilon=None,
                              patches_per_patient=500)
-    text = card.render_markdown(card)
+    text = privacy_card.render_markdown(card)
     eps_k, _ = accounting.group_privacy_epsilon_delta(card["epsilon"], 1e-5, 500)
     assert "per **patch**" in text and "500 patches" in text and f"{eps_k:.3g}" in text
 

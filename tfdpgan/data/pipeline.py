@@ -24,6 +24,7 @@ from typing import List, Optional
 import numpy as np
 import tensorflow as tf
 
+from tfdpgan import errors
 from tfdpgan.data import records
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -41,7 +42,7 @@ def shuffled(rec_dir: str, split: str = "train", batch_size: int = 32,
     info = records.read_dataset_json(rec_dir)
     paths = records.shard_paths(rec_dir, split)
     if not paths:
-        raise FileNotFoundError(f"{rec_dir}: no shards for split {split!r}")
+        raise errors.MissingFileError(f"{rec_dir}: no shards for split {split!r}")
     files = tf.data.Dataset.from_tensor_slices(paths).shuffle(len(paths), seed=seed)
     ds = files.interleave(
         lambda path: tf.data.TFRecordDataset(path, records.COMPRESSION),
@@ -102,7 +103,7 @@ def load_arrays(rec_dir: str, split: str = "train",
         patient_index[pos:pos + b] = [ids[p] for p in ex["patient_id"]]
         pos += b
     if pos != n:
-        raise ValueError(f"{rec_dir}: dataset.json promises {n} {split} patches, "
+        raise errors.InputDataError(f"{rec_dir}: dataset.json promises {n} {split} patches, "
                          f"the shards hold {pos}")
     arrays = PatchArrays(images, labels, patient_index, list(patient_ids))
     if cache_dir:
@@ -133,7 +134,7 @@ def poisson_indices(num_records: int, rate: float, seed: int, step: int) -> np.n
     """Sorted indices of the records in step ``step``: each of ``num_records`` is included
     independently with probability ``rate`` (a pure function of seed and step)."""
     if not 0.0 < rate <= 1.0:
-        raise ValueError(f"sampling rate must be in (0, 1], got {rate}")
+        raise errors.SettingsError(f"sampling rate must be in (0, 1], got {rate}")
     rng = np.random.default_rng([seed, step])
     size = rng.binomial(num_records, rate)
     return np.sort(rng.choice(num_records, size=size, replace=False))

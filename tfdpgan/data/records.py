@@ -15,6 +15,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tfdpgan import errors
+
 COMPRESSION = "GZIP"
 DATASET_JSON = "dataset.json"
 
@@ -94,7 +96,7 @@ class ShardWriter:
 def read_dataset_json(rec_dir: str) -> dict:
     path = os.path.join(rec_dir, DATASET_JSON)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: not found; is {rec_dir} a folder written by "
+        raise errors.MissingFileError(f"{path}: not found; is {rec_dir} a folder written by "
                                 f"tools/nifti_to_tfrecord.py?")
     with open(path) as f:
         return json.load(f)

@@ -7,31 +7,47 @@ generator and its samples are post-processing of the DP critic. The critic and t
 checkpoints themselves are NOT covered by a release guarantee beyond the same (ε, δ) and must
 not be shared together with the sampling seed (see pipeline.new_secret_seed).
 
-Numbers always come from the accountant over the steps actually run.
-
-  python -m tfdpgan.privacy --workdir=W            print W's card
-  python -m tfdpgan.privacy --plan --num_records=N --batch_size=B --critic_steps=T --epsilon=E
+Numbers always come from the accountant over the steps actually run. The budget before
+training is a `Plan` (make_plan), used by training and by ``python -m tfdpgan.privacy --plan``
+alike; N, the number of records of the unit, has one definition (count_records).
 """
-import json
+import dataclasses
 import math
-import os
-import sys
 from typing import Optional
 
-from absl import app, flags
-
 import tfdpgan
+from tfdpgan import atomic, errors, workdir
 from tfdpgan.dp import accounting
-from tfdpgan import atomic
 
-PRIVACY_JSON = "privacy.json"
-PRIVACY_MD = "PRIVACY.md"
+__all__ = ["UNITS", "PLURAL", "Plan", "make_plan", "count_records", "make_card", "plan_card",
+           "render_markdown", "write_card"]
+
+UNITS = ("patch", "patient")
 PLURAL = {"patch": "patches", "patient": "patients"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The budget of a run before training (make_plan)."""
+    sampling_rate: float        # q = expected_batch_size / num_records
+    delta: float
+    noise_multiplier: float     # 0 when not private
+    critic_steps: int           # the steps that will run (capped by a finite ε)
+    num_records: int            # N of the privacy unit
+    expected_batch_size: float  # expected records per step
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        """The plan stored in a run.json (which holds more keys)."""
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
 
 
 def make_plan(*, num_records: int, expected_batch_size: float, critic_steps: int,
               epsilon: float = math.inf, noise_multiplier: Optional[float] = None,
-              delta: Optional[float] = None, accountant: str = "pld") -> dict:
+              delta: Optional[float] = None, accountant: str = "pld") -> Plan:
     """The budget before training: sampling rate, δ, noise multiplier and the critic steps
     that will run. Training (tfdpgan.train) and ``--plan`` both use this function.
 
@@ -42,7 +58,7 @@ def make_plan(*, num_records: int, expected_batch_size: float, critic_steps: int
     Neither (ε = ∞): not private, σ = 0.
     """
     if not 1 <= expected_batch_size <= num_records:
-        raise ValueError(f"batch_size {expected_batch_size:g} must be in [1, {num_records}] "
+        raise errors.SettingsError(f"batch_size {expected_batch_size:g} must be in [1, {num_records}] "
                          f"(the number of training records)")
     q = expected_batch_size / num_records
     delta = delta if delta is not None else accounting.default_delta(num_records)
@@ -55,9 +71,9 @@ def make_plan(*, num_records: int, expected_batch_size: float, critic_steps: int
         if math.isfinite(epsilon):
             steps = min(steps, accounting.max_steps_within(epsilon, sigma, q, delta,
                                                            accountant))
-    return {"sampling_rate": q, "delta": delta, "noise_multiplier": float(sigma),
-            "critic_steps": int(steps), "num_records": int(num_records),
-            "expected_batch_size": float(expected_batch_size)}
+    return Plan(sampling_rate=q, delta=float(delta), noise_multiplier=float(sigma),
+                critic_steps=int(steps), num_records=int(num_records),
+                expected_batch_size=float(expected_batch_size))
 
 
 def _finite_or_none(x):
@@ -174,51 +190,25 @@ def _fmt(x):
     return "n/a" if x is None else f"{x:.3g}"
 
 
-def write_card(workdir: str, card: dict):
-    """Write privacy.json and PRIVACY.md into ``workdir`` (each atomically)."""
-    atomic.write_json_atomic(os.path.join(workdir, PRIVACY_JSON), card)
-    atomic.write_text_atomic(os.path.join(workdir, PRIVACY_MD), render_markdown(card))
+def write_card(run_dir: str, card: dict):
+    """Write privacy.json and PRIVACY.md into the workdir ``run_dir`` (each atomically)."""
+    atomic.write_json_atomic(workdir.path(run_dir, workdir.PRIVACY_JSON), card)
+    atomic.write_text_atomic(workdir.path(run_dir, workdir.PRIVACY_MD), render_markdown(card))
 
 
-def read_card(workdir: str) -> dict:
-    path = os.path.join(workdir, PRIVACY_JSON)
-    with open(path) as f:
-        return json.load(f)
-
-
-FLAGS = flags.FLAGS
-
-
-def define_flags():
-    """Flags of the command line (defined only when run as a program)."""
-    flags.DEFINE_string("workdir", None, "Training run whose card to print.")
-    flags.DEFINE_boolean("plan", False, "Answer 'what ε do I get' before training.")
-    flags.DEFINE_string("data", None, "--plan: TFRecord folder to count the records of "
-                        "(instead of --num_records).")
-    flags.DEFINE_enum("privacy_unit", "patch", ["patch", "patient"], "--plan: the record.")
-    flags.DEFINE_integer("patches_per_patient", None, "--plan: patches per patient (the "
-                         "patch unit's group-privacy statement, or k of the patient unit).")
-    flags.DEFINE_integer("num_records", None, "--plan: number of training records "
-                         "(patches or patients).")
-    flags.DEFINE_float("batch_size", None, "--plan: expected records per critic step.")
-    flags.DEFINE_integer("critic_steps", None, "--plan: number of critic steps.")
-    flags.DEFINE_float("noise_multiplier", None, "--plan: noise multiplier (or --epsilon).")
-    flags.DEFINE_float("epsilon", None, "--plan: target ε to calibrate the noise for.")
-    flags.DEFINE_float("delta", None, "--plan: δ (default min(1e-5, 1/(10 N))).")
-    flags.DEFINE_enum("accountant", "pld", ["rdp", "pld"], "--plan: accountant.")
-
-
-def count_records(rec_dir: str, unit: str) -> int:
-    """Training records of a TFRecord data set: patches, or patients with patches."""
-    path = os.path.join(rec_dir, "dataset.json")
+def count_records(info: dict, unit: str) -> int:
+    """N of the privacy unit from a data set's dataset.json object ``info``: its training
+    patches (unit "patch") or its training patients (unit "patient"). The one definition
+    used by training and by the planner."""
+    if unit not in UNITS:
+        raise errors.SettingsError(f"privacy_unit must be one of {UNITS}, got {unit!r}")
     try:
-        with open(path) as f:
-            info = json.load(f)
         if unit == "patient":
             return int(info["splits"]["train"]["num_patients"])
         return int(info["counts"]["train"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: cannot read the training counts ({e})") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise errors.InputDataError(f"dataset.json: cannot read the training counts "
+                                    f"({e!r})") from None
 
 
 def plan_card(*, num_records: int, batch_size: float, critic_steps: int,
@@ -234,53 +224,8 @@ def plan_card(*, num_records: int, batch_size: float, critic_steps: int,
                      noise_multiplier=noise_multiplier, delta=delta, accountant=accountant)
     return make_card(
         private=math.isfinite(eps) or noise_multiplier is not None,
-        noise_multiplier=plan["noise_multiplier"], l2_norm_clip=l2_norm_clip,
+        noise_multiplier=plan.noise_multiplier, l2_norm_clip=l2_norm_clip,
         expected_batch_size=batch_size, num_records=num_records,
-        critic_steps=plan["critic_steps"], delta=plan["delta"], accountant=accountant,
+        critic_steps=plan.critic_steps, delta=plan.delta, accountant=accountant,
         target_epsilon=eps if math.isfinite(eps) else None, privacy_unit=privacy_unit,
         patches_per_patient=patches_per_patient)
-
-
-def main(argv):
-    del argv
-    if FLAGS.plan:
-        num = FLAGS.num_records
-        if FLAGS.data:
-            try:
-                num = count_records(FLAGS.data, FLAGS.privacy_unit)
-            except ValueError as e:
-                print(f"error: {e}", file=sys.stderr)
-                sys.exit(2)
-        if not (num and FLAGS.batch_size and FLAGS.critic_steps):
-            raise app.UsageError("--plan needs --num_records (or --data), --batch_size and "
-                                 "--critic_steps")
-        if (FLAGS.noise_multiplier is None) == (FLAGS.epsilon is None):
-            raise app.UsageError("--plan needs exactly one of --noise_multiplier, --epsilon")
-        try:
-            card = plan_card(num_records=num, batch_size=FLAGS.batch_size,
-                             critic_steps=FLAGS.critic_steps, epsilon=FLAGS.epsilon,
-                             noise_multiplier=FLAGS.noise_multiplier, delta=FLAGS.delta,
-                             accountant=FLAGS.accountant, privacy_unit=FLAGS.privacy_unit,
-                             patches_per_patient=FLAGS.patches_per_patient)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-        print(f"plan: per {card['privacy_unit']}, N = {num}, q = {card['sampling_rate']:.4g}, "
-              f"{card['critic_steps']} critic steps, noise_multiplier "
-              f"{card['noise_multiplier']:.4f}, delta {card['delta']:.3g}: epsilon "
-              f"{_fmt(card['epsilon'])} ({card['accountant']}; RDP {_fmt(card['epsilon_rdp'])}"
-              f", PLD {_fmt(card['epsilon_pld'])})")
-        print(json.dumps(card, indent=2))
-        return
-    if not FLAGS.workdir:
-        raise app.UsageError("give --workdir=W or --plan")
-    try:
-        print(render_markdown(read_card(FLAGS.workdir)), end="")
-    except FileNotFoundError:
-        print(f"error: {os.path.join(FLAGS.workdir, PRIVACY_JSON)}: not found", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    define_flags()
-    app.run(main)

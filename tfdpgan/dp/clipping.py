@@ -1,13 +1,11 @@
-"""Fast per-example clipping and the noised update of the DP critic.
+"""Fast per-example clipping: the clipped per-record gradient sum of a Keras model.
 
 Guarantee. `clipped_gradient_sum` (and its fallback `clipped_gradient_sum_vmap`)
 return S = sum_i c_i g_i, where g_i is the gradient of loss_i with respect to
 ALL trainable variables of the critic jointly and c_i = min(1, C / ||g_i||):
 each example's contribution to the sum has L2 norm <= C (up to float32
 rounding; a non-finite g_i makes the whole sum non-finite, as in TF Privacy's
-clip_by_global_norm). `private_gradients`
-adds N(0, (noise_multiplier * C)^2) per coordinate with TF Privacy's
-GaussianSumQuery and divides by the EXPECTED batch size.
+clip_by_global_norm). The noise and the update are tfdpgan.dp.step's job.
 
 Assumptions (the guarantee means nothing without them):
   * loss_i depends only on row i of the inputs and on data-independent
@@ -27,8 +25,12 @@ batch whose row i belongs to example i, and `inputs` is a tensor or a tuple of
 tensors that all have the batch dimension B first.
 """
 import tensorflow as tf
-from tensorflow_privacy.privacy.dp_query import gaussian_query
 from tensorflow_privacy.privacy.fast_gradient_clipping import gradient_clipping_utils
+
+from tfdpgan import errors
+
+__all__ = ["SUPPORTED_LAYERS", "METHODS", "check_per_example", "clipped_gradient_sum",
+           "clipped_gradient_sum_vmap", "norm_stats"]
 
 _CROSS_EXAMPLE_LAYERS = (tf.keras.layers.BatchNormalization,
                          tf.keras.layers.experimental.SyncBatchNormalization,
@@ -40,21 +42,11 @@ SUPPORTED_LAYERS = "Dense, Conv2D, GroupNormalization, LayerNormalization"
 METHODS = ("auto", "ghost", "direct")
 
 
-def wgan_critic_loss(critic, inputs):
-    """Per-example WGAN critic loss D(fake_i) - D(real_i); inputs = (real, fake).
-
-    The pair (real_i, fake_i) is one privacy example: its gradient is the sum of
-    both forward passes' contributions and is clipped as a whole.
-    """
-    real, fake = inputs
-    return critic(fake, training=True)[:, 0] - critic(real, training=True)[:, 0]
-
-
 def check_per_example(model):
     """Raises ValueError if `model` contains a cross-example layer (BatchNorm)."""
     for layer in model.submodules:
         if isinstance(layer, _CROSS_EXAMPLE_LAYERS):
-            raise ValueError(
+            raise errors.SettingsError(
                 f"Layer '{layer.name}' ({type(layer).__name__}) mixes the examples "
                 "of a batch, so per-example gradients and the DP sensitivity bound "
                 "are undefined. Use GroupNormalization or LayerNormalization in the "
@@ -275,7 +267,7 @@ def _clip_factors(per_example_norms, l2_norm_clip):
 
 def _check_losses(losses):
     if losses.shape.rank != 1:
-        raise ValueError(
+        raise errors.SettingsError(
             f"per_example_loss_fn must return a [B] tensor, got {losses.shape}")
 
 
@@ -313,11 +305,11 @@ def clipped_gradient_sum(model, per_example_loss_fn, inputs, l2_norm_clip,
       `model.trainable_variables`, and the unclipped norms ||g_i|| [B / k].
     """
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise errors.SettingsError(f"method must be one of {METHODS}, got {method!r}")
     _check_group_size(group_size)
     check_per_example(model)
     if not gradient_clipping_utils.has_internal_compute_graph(model):
-        raise ValueError("model must be a functional or built Sequential model")
+        raise errors.SettingsError("model must be a functional or built Sequential model")
     tape = tf.GradientTape(watch_accessed_variables=False)
     recorder = _Recorder(model, tape)
     with tape:
@@ -325,7 +317,7 @@ def clipped_gradient_sum(model, per_example_loss_fn, inputs, l2_norm_clip,
         total_loss = tf.reduce_sum(losses)
     _check_losses(losses)
     if not recorder.layers:
-        raise ValueError("the loss did not call any trainable layer of the model")
+        raise errors.SettingsError("the loss did not call any trainable layer of the model")
     calls = [recorder.calls[id(layer)] for layer in recorder.layers]
     flat_grads = tape.gradient(total_loss, [z for cs in calls for _, z in cs],
                                unconnected_gradients=tf.UnconnectedGradients.ZERO)
@@ -389,20 +381,7 @@ def clipped_gradient_sum_vmap(model, per_example_loss_fn, inputs, l2_norm_clip,
 
 def _check_group_size(group_size):
     if not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
-
-
-def private_gradients(clipped_sum, query, global_state, expected_batch_size):
-    """(clipped_sum + Gaussian noise from `query`) / expected_batch_size.
-
-    The noise is drawn by TF Privacy's `GaussianSumQuery.get_noised_result`
-    (std = its stddev, i.e. noise_multiplier * C, per coordinate). Dividing by
-    the expected batch size q*N of Poisson sampling, never the realised one,
-    keeps the normalisation data-independent. GaussianSumQuery's global state
-    never changes, so it is not returned.
-    """
-    noised_sum, _, _ = query.get_noised_result(clipped_sum, global_state)
-    return [g / expected_batch_size for g in noised_sum]
+        raise errors.SettingsError(f"group_size must be a positive int, got {group_size!r}")
 
 
 def norm_stats(per_example_norms, l2_norm_clip):
@@ -424,38 +403,3 @@ def norm_stats(per_example_norms, l2_norm_clip):
         clipped, tf.cast(batch_size, tf.float32))
     stats["batch_size"] = batch_size
     return stats
-
-
-class DPCriticStep:
-    """One DP critic update: clip per example, noise, normalise, apply.
-
-    Call it (ideally inside a tf.function with a None batch dimension) with the
-    inputs of `per_example_loss_fn`; it applies the update with the plain Keras
-    `optimizer` and returns `norm_stats` (which are not private).
-    Every call is one sampled-Gaussian-mechanism step with noise_multiplier
-    for the accountant, if the batch was Poisson-sampled with expected size
-    `expected_batch_size`.
-    """
-
-    def __init__(self, critic, optimizer, *, l2_norm_clip, noise_multiplier,
-                 expected_batch_size, per_example_loss_fn=wgan_critic_loss,
-                 vmap=False):
-        if expected_batch_size <= 0:
-            raise ValueError("expected_batch_size must be positive")
-        self.critic = critic
-        self.optimizer = optimizer
-        self.expected_batch_size = float(expected_batch_size)
-        self.per_example_loss_fn = per_example_loss_fn
-        self.query = gaussian_query.GaussianSumQuery(
-            l2_norm_clip, noise_multiplier * l2_norm_clip)
-        self.global_state = self.query.initial_global_state()
-        self._clipped_sum = clipped_gradient_sum_vmap if vmap else clipped_gradient_sum
-
-    def __call__(self, inputs):
-        l2_norm_clip = self.query.derive_sample_params(self.global_state)
-        clipped_sum, norms = self._clipped_sum(
-            self.critic, self.per_example_loss_fn, inputs, l2_norm_clip)
-        grads = private_gradients(clipped_sum, self.query, self.global_state,
-                                  self.expected_batch_size)
-        self.optimizer.apply_gradients(zip(grads, self.critic.trainable_variables))
-        return norm_stats(norms, l2_norm_clip)

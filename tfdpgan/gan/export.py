@@ -6,19 +6,14 @@ and ``label`` float32 [None, H, W, 1] in {0, 1} (the generator's label channel t
 0). ``assets.extra/privacy.json`` holds the card; ``assets.extra/normalization.json`` the
 data-independent description of the intensity scale (method and formula; never per-patient
 parameters, ids or file names, which are private). Outputs appear atomically.
-
-  python -m tfdpgan.export --workdir=W      (re-export from W's latest checkpoint)
 """
 import os
-import sys
 
 import tensorflow as tf
-from absl import app, flags
 
-from tfdpgan import atomic
+from tfdpgan import atomic, workdir
 
-GENERATOR_DIR = "generator"
-NORMALIZATION_JSON = "normalization.json"
+__all__ = ["export_generator", "load_generator"]
 
 
 class _Sampler(tf.Module):
@@ -46,7 +41,7 @@ def export_generator(generator: tf.keras.Model, out_dir: str, extra_json: dict =
     concrete = sampler.serve.get_concrete_function()
     with atomic.staged_dir(out_dir, overwrite=True) as staging:
         tf.saved_model.save(sampler, staging, signatures={"serving_default": concrete})
-        extra = os.path.join(staging, "assets.extra")
+        extra = os.path.join(staging, workdir.ASSETS_EXTRA)
         os.makedirs(extra, exist_ok=True)
         for name, obj in (extra_json or {}).items():
             atomic.write_json_atomic(os.path.join(extra, name), obj)
@@ -59,21 +54,3 @@ def load_generator(path: str):
     latent_dim = int(fn.structured_input_signature[1]["latent"].shape[-1])
     patch = int(fn.structured_outputs["image"].shape[1])
     return fn, latent_dim, patch
-
-
-def main(argv):
-    del argv
-    from tfdpgan.gan import training  # the run's settings and checkpoint layout live there
-    if not flags.FLAGS.workdir:
-        raise app.UsageError("--workdir is required")
-    try:
-        out = training.export_from_workdir(flags.FLAGS.workdir)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(f"exported {out}")
-
-
-if __name__ == "__main__":
-    flags.DEFINE_string("workdir", None, "Training workdir to export the generator of.")
-    app.run(main)

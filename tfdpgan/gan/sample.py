@@ -1,6 +1,4 @@
-"""Sample a synthetic data set from an exported generator.
-
-  python -m tfdpgan.sample --generator=W/generator --num=1000 --out=DIR --format=tfrecord
+"""Sample a synthetic data set from an exported generator (the library of tfdpgan.sample).
 
 Formats: ``tfrecord`` (the real-data schema of records.py with patient_id "synthetic", plus a
 dataset.json with split "train", so anything that reads real patches reads these),
@@ -12,19 +10,22 @@ Outputs appear atomically.
 import datetime
 import os
 import shutil
-import sys
 
+import nibabel as nib
 import numpy as np
-from absl import app, flags
+import tensorflow as tf
 
-from tfdpgan import atomic
+from tfdpgan import atomic, errors, viz, workdir
+from tfdpgan.data import records
+from tfdpgan.gan import export
+
+__all__ = ["FORMATS", "generate", "write_tfrecord", "write_nifti", "write_png", "sample_to"]
 
 FORMATS = ("tfrecord", "nifti", "png")
 
 
 def generate(generator_fn, latent_dim: int, num: int, seed: int = 0, batch_size: int = 256):
     """``num`` synthetic pairs: images float32 [num, P, P] (normalised), labels uint8."""
-    import tensorflow as tf
     rng = np.random.default_rng(seed)
     images, labels = [], []
     for start in range(0, num, batch_size):
@@ -36,7 +37,6 @@ def generate(generator_fn, latent_dim: int, num: int, seed: int = 0, batch_size:
 
 
 def write_tfrecord(images, labels, out_dir: str, num_shards: int = 4, source: dict = None):
-    from tfdpgan.data import records
     writer = records.ShardWriter(out_dir, "train", min(num_shards, max(len(images), 1)))
     for i, (image, label) in enumerate(zip(images, labels)):
         writer.write(i, records.serialize(image, label, "synthetic", 0, (0, 0, 0)))
@@ -60,7 +60,6 @@ def write_tfrecord(images, labels, out_dir: str, num_shards: int = 4, source: di
 
 
 def write_nifti(images, labels, out_dir: str):
-    import nibabel as nib
     affine = np.diag([0.5, 0.5, 0.7, 1.0])  # nominal TOF-MRA spacing; patches are unrelated
     nib.save(nib.Nifti1Image(np.moveaxis(images, 0, -1).astype(np.float32), affine),
              os.path.join(out_dir, "image.nii.gz"))
@@ -68,26 +67,9 @@ def write_nifti(images, labels, out_dir: str):
              os.path.join(out_dir, "label.nii.gz"))
 
 
-def overlay_grid(images, labels, columns: int = 8) -> np.ndarray:
-    """RGB uint8 grid; each cell is the image beside the image with the label in red."""
-    gray = np.clip((images + 1.0) * 127.5, 0, 255).astype(np.uint8)
-    rgb = np.repeat(gray[..., None], 3, axis=-1)
-    over = rgb.copy()
-    over[labels > 0] = (0.4 * over[labels > 0] + [153, 0, 0]).astype(np.uint8)
-    pairs = np.concatenate([rgb, over], axis=2)                     # [n, P, 2P, 3]
-    n, h, w, _ = pairs.shape
-    rows = -(-n // columns)
-    grid = np.zeros((rows * (h + 2), columns * (w + 2), 3), np.uint8)
-    for i, cell in enumerate(pairs):
-        r, c = divmod(i, columns)
-        grid[r * (h + 2):r * (h + 2) + h, c * (w + 2):c * (w + 2) + w] = cell
-    return grid
-
-
 def write_png(images, labels, out_dir: str, per_file: int = 64):
-    import tensorflow as tf
     for k, start in enumerate(range(0, len(images), per_file)):
-        grid = overlay_grid(images[start:start + per_file], labels[start:start + per_file])
+        grid = viz.overlay_grid(images[start:start + per_file], labels[start:start + per_file])
         tf.io.write_file(os.path.join(out_dir, f"samples_{k:04d}.png"),
                          tf.io.encode_png(grid))
 
@@ -95,16 +77,16 @@ def write_png(images, labels, out_dir: str, per_file: int = 64):
 def sample_to(generator_dir: str, num: int, out_dir: str, fmt: str, seed: int = 0,
               overwrite: bool = False):
     """Write ``num`` synthetic pairs from the SavedModel at ``generator_dir`` into ``out_dir``."""
-    from tfdpgan.gan import export
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; choose from {FORMATS}")
+        raise errors.SettingsError(f"unknown format {fmt!r}; choose from {FORMATS}")
     if num < 1:
-        raise ValueError(f"--num must be positive, got {num}")
+        raise errors.SettingsError(f"--num must be positive, got {num}")
     if os.path.exists(out_dir) and not overwrite:
-        raise FileExistsError(f"{out_dir}: already exists (pass --overwrite to replace it)")
+        raise errors.OutputExistsError(f"{out_dir}: already exists (pass --overwrite to "
+                                       f"replace it)")
     if not os.path.isfile(os.path.join(generator_dir, "saved_model.pb")):
-        raise FileNotFoundError(f"{generator_dir}: not an exported generator "
-                                f"(no saved_model.pb)")
+        raise errors.MissingFileError(f"{generator_dir}: not an exported generator "
+                                      f"(no saved_model.pb)")
     fn, latent_dim, _ = export.load_generator(generator_dir)
     images, labels = generate(fn, latent_dim, num, seed)
     with atomic.staged_dir(out_dir, overwrite) as staging:
@@ -113,38 +95,7 @@ def sample_to(generator_dir: str, num: int, out_dir: str, fmt: str, seed: int = 
                                                     "seed": seed}),
          "nifti": lambda: write_nifti(images, labels, staging),
          "png": lambda: write_png(images, labels, staging)}[fmt]()
-        card = os.path.join(generator_dir, "assets.extra", "privacy.json")
+        card = workdir.generator_card_path(generator_dir)
         if os.path.isfile(card):
-            shutil.copyfile(card, os.path.join(staging, "privacy.json"))
+            shutil.copyfile(card, os.path.join(staging, workdir.PRIVACY_JSON))
     return images, labels
-
-
-FLAGS = flags.FLAGS
-
-
-def define_flags():
-    """Flags of the command line (defined only when run as a program)."""
-    flags.DEFINE_string("generator", None, "Exported generator SavedModel (WORKDIR/generator).")
-    flags.DEFINE_integer("num", 1000, "Number of synthetic image+label pairs.")
-    flags.DEFINE_string("out", None, "Output folder.")
-    flags.DEFINE_enum("format", "tfrecord", list(FORMATS), "Output format.")
-    flags.DEFINE_integer("seed", 0, "Seed of the latent vectors.")
-    flags.DEFINE_boolean("overwrite", False, "Replace an existing --out.")
-
-
-def main(argv):
-    del argv
-    if not FLAGS.generator or not FLAGS.out:
-        raise app.UsageError("--generator and --out are required")
-    try:
-        images, _ = sample_to(FLAGS.generator, FLAGS.num, FLAGS.out, FLAGS.format, FLAGS.seed,
-                              FLAGS.overwrite)
-    except (ValueError, FileExistsError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(f"wrote {len(images)} synthetic pairs ({FLAGS.format}) to {FLAGS.out}")
-
-
-if __name__ == "__main__":
-    define_flags()
-    app.run(main)

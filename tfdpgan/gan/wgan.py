@@ -1,30 +1,29 @@
-"""The WGAN training steps: a critic step (DP when private) and a generator step.
+"""The GAN's two training steps: a critic step (private when ``private``) and a generator step.
 
 Pairs are 2-channel patches in [-1, 1]: channel 0 the normalised image, channel 1 the vessel
 label mapped {0, 1} -> {-1, 1}.
 
-Critic step (the only code that reads real data): for a Poisson-sampled batch of B real
-patches, draw B fakes and use the per-row loss
-    loss_j = w_j * (critic(fake_j) - critic(real_j))   (+ gp_weight * penalty_j for wgan_gp)
-A privacy record is ``group_size`` = k consecutive rows: one patch (k = 1, w = 1) or the k
-patch slots of one patient (w = 1/k for a real patch, 0 for padding, so the record's loss is
-the sum over its slots and padding contributes nothing). Each record's whole influence is
-clipped to C (dp_clip), then Gaussian noise std noise_multiplier * C is added by TF Privacy's
-GaussianSumQuery and the sum is divided by the EXPECTED number of records per batch (the
-realised number is data-dependent). One DP update per critic iteration; the generator step
-reads only the critic, so it is post-processing.
-With ``private=False`` (ε = ∞) the plain gradient of the mean loss is used: no clipping, no
-noise.
+Critic step (the only code that reads real data): for a Poisson-sampled batch of B real rows,
+draw B fakes and use the per-row loss  w_j * critic_loss(real_j, fake_j)  (+ gp_weight *
+penalty_j for wgan_gp; gan/losses.py). A privacy record is ``group_size`` = k consecutive rows:
+one patch (k = 1, w = 1) or the k patch slots of one patient (w = 1/k for a real patch, 0 for
+padding). The update is tfdpgan.dp.step.PrivateStep: each record's gradient clipped to C,
+Gaussian noise noise_multiplier * C, divided by the EXPECTED number of records. The generator
+step reads only the critic, so it is post-processing. With ``private=False`` (ε = ∞) the plain
+gradient of the weighted mean loss is used: no clipping, no noise.
 """
 import dataclasses
 import math
 
 import tensorflow as tf
-import tensorflow_privacy
 
-from tfdpgan.dp import clipping
+from tfdpgan import errors
+from tfdpgan.dp import clipping, step
+from tfdpgan.gan import losses
 
-LOSSES = ("wgan", "wgan_gp")
+__all__ = ["LOSSES", "WGANConfig", "WGAN", "to_pairs"]
+
+LOSSES = losses.LOSSES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,19 +42,12 @@ class WGANConfig:
     noise_multiplier: float = 1.0
     expected_batch_size: float = 32.0  # expected RECORDS per critic step (q * N)
     group_size: int = 1                # rows per record: 1 (patch) or k (patient)
+    dp_backend: str = "fast"           # fast | tf_privacy (see tfdpgan.dp.step)
 
 
 def to_pairs(image, label):
     """[B, P, P, 1] image in [-1, 1] and label in {0, 1} -> [B, P, P, 2] in [-1, 1]."""
     return tf.concat([image, 2.0 * label - 1.0], axis=-1)
-
-
-def _optimizer(name: str, lr: float, config: WGANConfig):
-    if name == "rmsprop":
-        return tf.keras.optimizers.legacy.RMSprop(lr)
-    if name == "adam":
-        return tf.keras.optimizers.legacy.Adam(lr, config.adam_beta1, config.adam_beta2)
-    raise ValueError(f"unknown optimizer {name!r}; choose rmsprop or adam")
 
 
 class WGAN(tf.Module):
@@ -64,13 +56,25 @@ class WGAN(tf.Module):
     def __init__(self, generator: tf.keras.Model, critic: tf.keras.Model, config: WGANConfig):
         super().__init__(name="wgan")
         if config.loss not in LOSSES:
-            raise ValueError(f"unknown loss {config.loss!r}; choose from {LOSSES}")
+            raise errors.SettingsError(f"unknown loss {config.loss!r}; choose from {LOSSES}")
         self.generator, self.critic, self.config = generator, critic, config
-        self.critic_optimizer = _optimizer(config.optimizer, config.critic_lr, config)
-        self.generator_optimizer = _optimizer(config.optimizer, config.generator_lr, config)
-        self.query = tensorflow_privacy.GaussianSumQuery(
-            config.l2_norm_clip, config.noise_multiplier * config.l2_norm_clip)
-        self.query_state = self.query.initial_global_state()
+        clipping.check_per_example(critic)
+        dp_backend = config.dp_backend if config.private else None
+        self.critic_optimizer = step.make_optimizer(
+            config.optimizer, config.critic_lr, beta_1=config.adam_beta1,
+            beta_2=config.adam_beta2, dp_backend=dp_backend, l2_norm_clip=config.l2_norm_clip,
+            noise_multiplier=config.noise_multiplier)
+        self.generator_optimizer = step.make_optimizer(
+            config.optimizer, config.generator_lr, beta_1=config.adam_beta1,
+            beta_2=config.adam_beta2)
+        self.private_step = None
+        if config.private:
+            self.private_step = step.PrivateStep(
+                critic, self.critic_optimizer, self.per_example_loss,
+                l2_norm_clip=config.l2_norm_clip, noise_multiplier=config.noise_multiplier,
+                expected_batch_size=config.expected_batch_size, group_size=config.group_size,
+                backend=config.dp_backend,
+                clipping_method="vmap" if config.loss == "wgan_gp" else "ghost")
         patch = critic.input_shape[1]
         spec = tf.TensorSpec([None, patch, patch, critic.input_shape[-1]], tf.float32)
         self._critic_step_fn = tf.function(
@@ -82,23 +86,16 @@ class WGAN(tf.Module):
     def per_example_loss(self, critic, inputs):
         """w_j * loss_j for rows (real_j, fake_j, w_j); depends on row j only."""
         real, fake, weight = inputs
-        loss = clipping.wgan_critic_loss(critic, (real, fake))
+        loss = losses.critic_loss(self.config.loss)(critic, (real, fake))
         if self.config.loss == "wgan_gp":
-            alpha = tf.random.uniform([tf.shape(real)[0], 1, 1, 1])
-            mixed = alpha * real + (1.0 - alpha) * fake
-            with tf.GradientTape() as tape:
-                tape.watch(mixed)
-                score = critic(mixed, training=True)
-            grad = tape.gradient(score, mixed)
-            norm = tf.sqrt(tf.reduce_sum(tf.square(grad), axis=[1, 2, 3]) + 1e-12)
-            loss += self.config.gp_weight * tf.square(norm - 1.0)
+            loss += self.config.gp_weight * losses.gradient_penalty(critic, real, fake)
         return weight * loss
 
     def _sample(self, n, training):
         z = tf.random.normal([n, self.config.latent_dim])
         return self.generator(z, training=training)
 
-    def _fakes_for(self, n):
+    def fakes_for(self, n):
         """n fakes for the critic step, drawn in independent chunks of a FIXED size
         (ceil of the expected rows per step). The generator's BatchNorm couples the samples of
         one call, so one call of size n would make every fake depend on the realised,
@@ -120,30 +117,26 @@ class WGAN(tf.Module):
     def _critic_step(self, real, weight):
         """One critic update on rows ``real`` [B, P, P, C] with row weights ``weight`` [B]
         (B a multiple of group_size; see the module docstring)."""
-        fake = self._fakes_for(tf.shape(real)[0])
+        fake = self.fakes_for(tf.shape(real)[0])
         variables = self.critic.trainable_variables
         stats = {}
-        if self.config.private:
-            clip = self.config.l2_norm_clip
-            clipped_sum = (clipping.clipped_gradient_sum_vmap if self.config.loss == "wgan_gp"
-                           else clipping.clipped_gradient_sum)
-            summed, norms = clipped_sum(self.critic, self.per_example_loss,
-                                        (real, fake, weight), clip,
-                                        group_size=self.config.group_size)
-            grads = clipping.private_gradients(summed, self.query, self.query_state,
-                                              self.config.expected_batch_size)
-            stats = clipping.norm_stats(norms, clip)
+        if self.private_step is not None:
+            out = self.private_step((real, fake, weight))
+            stats = clipping.norm_stats(out["per_record_norms"], self.config.l2_norm_clip)
+            stats["update_norm"] = out["update_norm"]
         else:
             with tf.GradientTape() as tape:
-                losses = self.per_example_loss(self.critic, (real, fake, weight))
-                loss = tf.math.divide_no_nan(tf.reduce_sum(losses), tf.reduce_sum(weight))
+                row_losses = self.per_example_loss(self.critic, (real, fake, weight))
+                loss = tf.math.divide_no_nan(tf.reduce_sum(row_losses), tf.reduce_sum(weight))
             grads = tape.gradient(loss, variables)
-        self.critic_optimizer.apply_gradients(zip(grads, variables))
+            self.critic_optimizer.apply_gradients(zip(grads, variables))
+            stats["update_norm"] = tf.linalg.global_norm(grads)
         if self.config.loss == "wgan":
             c = self.config.weight_clip
             for v in variables:
                 v.assign(tf.clip_by_value(v, -c, c))
-        return {"batch_size": tf.shape(real)[0] // self.config.group_size, **stats}
+        stats["batch_size"] = tf.shape(real)[0] // self.config.group_size
+        return stats
 
     def _critic_metrics(self, real):
         """Critic loss and Wasserstein estimate on a batch (for logging only; NOT private:
@@ -157,7 +150,8 @@ class WGAN(tf.Module):
     def _generator_step(self, batch_size):
         with tf.GradientTape() as tape:
             fake = self._sample(batch_size, training=True)
-            loss = -tf.reduce_mean(self.critic(fake, training=True))
+            loss = losses.generator_loss(self.config.loss,
+                                         self.critic(fake, training=True)[:, 0])
         variables = self.generator.trainable_variables
         grads = tape.gradient(loss, variables)
         self.generator_optimizer.apply_gradients(zip(grads, variables))

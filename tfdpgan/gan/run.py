@@ -1,0 +1,151 @@
+"""A training run's settings and how to rebuild it from its workdir.
+
+``TrainConfig`` holds every setting; ``run.json`` (tfdpgan.workdir) stores it with the budget
+plan and the data folder, so a run can be rebuilt (networks from the latest checkpoint),
+resumed, re-exported or audited without its flags.
+"""
+import dataclasses
+import json
+import math
+import os
+from typing import Optional, Tuple
+
+import tensorflow as tf
+
+from tfdpgan import atomic, errors, workdir
+from tfdpgan.data import default_data, records
+from tfdpgan.dp import card as privacy_card
+from tfdpgan.gan import export, models, wgan
+
+__all__ = ["TrainConfig", "group_size", "build_wgan", "make_checkpoint", "run_record",
+           "check_same_run", "config_from_run", "plan_from_run", "restore", "release_assets",
+           "export_from_workdir"]
+
+# Settings that do not change what a run computes (logging cadence): not part of run.json.
+_COSMETIC = ("summary_every", "image_every", "checkpoint_every", "keep_checkpoints")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    workdir: str
+    data: Optional[str] = None               # TFRecord folder; None = phantom default data
+    phantom: default_data.PhantomDataConfig = default_data.PhantomDataConfig()
+    cache_dir: Optional[str] = None
+    epsilon: float = 3.0                     # math.inf = non-private baseline
+    delta: Optional[float] = None            # None = min(1e-5, 1/(10 N))
+    noise_multiplier: Optional[float] = None  # given: epsilon is computed (or caps the steps)
+    accountant: str = "pld"
+    privacy_unit: str = "patch"               # patch | patient
+    patches_per_patient: int = 8              # patient unit: k patches per sampled patient
+    l2_norm_clip: float = 5e-4               # ~ median per-example norm at demo size
+    # Defaults = flags/demo.cfg: sized for <= 15 minutes on a 2-core CPU.
+    batch_size: int = 64                     # expected records (patches|patients) per step
+    critic_steps: int = 3000                 # planned critic (DP) steps
+    critic_steps_per_generator_step: int = 5
+    base_filters: int = 16
+    # 5e-4: at 2e-4 the demo-size generator still made texture without vessels after
+    # 2000 critic steps; 5e-4 / 3000 steps gives vessel-like bright structures with labels.
+    gan: wgan.WGANConfig = wgan.WGANConfig(critic_lr=5e-4, generator_lr=5e-4)
+    summary_every: int = 50
+    image_every: int = 250
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    num_samples_png: int = 32
+    sampling_seed: Optional[int] = None      # None = secret seed from OS entropy
+    tf_seed: Optional[int] = None
+
+    @property
+    def private(self) -> bool:
+        return math.isfinite(self.epsilon) or self.noise_multiplier is not None
+
+
+def group_size(config: TrainConfig) -> int:
+    """Rows of the critic batch per privacy record."""
+    return config.patches_per_patient if config.privacy_unit == "patient" else 1
+
+
+def build_wgan(config: TrainConfig, patch_size: int, plan: privacy_card.Plan) -> wgan.WGAN:
+    """Fresh networks and optimizers for ``config`` with the plan's noise multiplier."""
+    gan_config = dataclasses.replace(
+        config.gan, private=config.private, l2_norm_clip=config.l2_norm_clip,
+        noise_multiplier=plan.noise_multiplier, expected_batch_size=float(config.batch_size),
+        group_size=group_size(config))
+    generator = models.build_generator(gan_config.latent_dim, patch_size, config.base_filters)
+    critic = models.build_critic(patch_size, config.base_filters)
+    return wgan.WGAN(generator, critic, gan_config)
+
+
+def make_checkpoint(gan: wgan.WGAN, step: tf.Variable, seed: tf.Variable):
+    """Everything a resumed run needs, including the critic-step ledger and the SECRET
+    sampling seed (so checkpoints must stay private)."""
+    return tf.train.Checkpoint(generator=gan.generator, critic=gan.critic,
+                               critic_optimizer=gan.critic_optimizer,
+                               generator_optimizer=gan.generator_optimizer,
+                               critic_step=step, sampling_seed=seed)
+
+
+def run_record(config: TrainConfig, plan: privacy_card.Plan, rec_dir: str) -> dict:
+    """The run.json object: settings (minus logging cadence), plan and data folder, in JSON
+    form (tuples become lists, so it compares equal to what is read back)."""
+    run = {k: v for k, v in dataclasses.asdict(config).items() if k not in _COSMETIC}
+    run.update(plan.as_dict(), data=os.path.abspath(rec_dir), epsilon=str(config.epsilon))
+    return json.loads(json.dumps(run))
+
+
+def check_same_run(run_dir: str, run: dict):
+    """A workdir holds one run: write run.json, or refuse to resume with other settings."""
+    if workdir.has_run(run_dir):
+        old = workdir.read_run(run_dir)
+        changed = sorted(k for k in set(old) | set(run) if old.get(k) != run.get(k))
+        if changed:
+            raise errors.WorkdirError(f"{run_dir} holds a run with different settings "
+                                      f"({', '.join(changed)}); use a new --workdir")
+    else:
+        atomic.write_json_atomic(workdir.path(run_dir, workdir.RUN_JSON), run)
+
+
+def config_from_run(run: dict) -> TrainConfig:
+    """The TrainConfig stored in a run.json object."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in run.items() if k in fields}
+    values["epsilon"] = float(values["epsilon"])
+    values["phantom"] = default_data.PhantomDataConfig(
+        **dict(values["phantom"], shape=tuple(values["phantom"]["shape"])))
+    gan_fields = {f.name for f in dataclasses.fields(wgan.WGANConfig)}
+    values["gan"] = wgan.WGANConfig(**{k: v for k, v in values["gan"].items()
+                                       if k in gan_fields})
+    return TrainConfig(**values)
+
+
+def plan_from_run(run: dict) -> privacy_card.Plan:
+    return privacy_card.Plan.from_dict(run)
+
+
+def restore(run_dir: str) -> Tuple[TrainConfig, wgan.WGAN, dict]:
+    """(config, gan, run.json object) of the run in ``run_dir``, networks and optimizers
+    restored from its latest checkpoint. WorkdirError if it has none."""
+    run = workdir.read_run(run_dir)
+    config = config_from_run(run)
+    patch_size = records.read_dataset_json(run["data"])["patch_size"]
+    gan = build_wgan(config, patch_size, plan_from_run(run))
+    ckpt = make_checkpoint(gan, tf.Variable(0, dtype=tf.int64), tf.Variable(0, dtype=tf.int64))
+    latest = tf.train.latest_checkpoint(workdir.path(run_dir, workdir.CHECKPOINTS))
+    if latest is None:
+        raise errors.WorkdirError(f"{run_dir}: no checkpoint (has the run started?)")
+    ckpt.restore(latest).expect_partial()
+    return config, gan, run
+
+
+def release_assets(card: dict, info: dict) -> dict:
+    """What travels with the generator: the card and the data-independent part of the
+    normalisation (dataset.json's per-patient entries are private and stay behind)."""
+    return {workdir.PRIVACY_JSON: card, workdir.NORMALIZATION_JSON: info["normalization"]}
+
+
+def export_from_workdir(run_dir: str) -> str:
+    """Re-export the generator of the run in ``run_dir`` from its latest checkpoint."""
+    _, gan, run = restore(run_dir)
+    out = workdir.path(run_dir, workdir.GENERATOR)
+    export.export_generator(gan.generator, out, release_assets(
+        workdir.read_card(run_dir), records.read_dataset_json(run["data"])))
+    return out

@@ -1,0 +1,132 @@
+"""Train a WGAN with a differentially private critic.
+
+  python -m tfdpgan.train --epsilon=3                     # phantom demo data, ε = 3
+  python -m tfdpgan.train --flagfile=flags/paper_dp.cfg --data=REC --workdir=W
+  python -m tfdpgan.train --flagfile=W/flags.txt          # repeat (or resume) a run
+
+With no --data the default phantom data set is generated and converted once into a cache.
+The workdir receives flags.txt, privacy.json, PRIVACY.md, checkpoints/, TensorBoard event
+files, generator/ (SavedModel) and samples.png (tfdpgan.workdir). Re-running with the same
+workdir resumes from the latest checkpoint. The loop is tfdpgan.gan.training.
+"""
+from absl import flags
+
+from tfdpgan import cli, paths, workdir as workdir_lib
+from tfdpgan.data import default_data
+from tfdpgan.dp import card as privacy_card, step
+from tfdpgan.gan import run, training, wgan
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(fv: flags.FlagValues = FLAGS):
+    """Define the command-line flags on ``fv`` (only when run as a program, or in tests)."""
+    fdef = cli.FlagDefiner(fv)
+    d = run.TrainConfig(workdir="")
+    g = d.gan
+    p = default_data.PhantomDataConfig()
+    fdef.DEFINE_string("workdir", None, "Folder for everything the run produces "
+                       "(default: runs/eps<epsilon>).")
+    fdef.DEFINE_string("data", None, "TFRecord folder from tools/nifti_to_tfrecord.py "
+                       "(default: the phantom data set, generated once into the cache).")
+    fdef.DEFINE_string("cache_dir", None, "Cache of the phantom data set "
+                       "(default: $TFDPGAN_CACHE or ~/.cache/tfdpgan).")
+    fdef.DEFINE_float("epsilon", d.epsilon, "Privacy budget ε (per patch); 'inf' trains "
+                      "without DP (baseline).")
+    fdef.DEFINE_float("delta", None, "δ (default: min(1e-5, 1/(10 N)) for N training records).")
+    fdef.DEFINE_float("noise_multiplier", None, "Noise multiplier σ; if given, it is used "
+                      "instead of calibrating σ to --epsilon (which then only caps the steps).")
+    fdef.DEFINE_enum("accountant", d.accountant, ["rdp", "pld"], "Accountant that calibrates "
+                     "the noise and states ε (both are reported).")
+    fdef.DEFINE_enum("privacy_unit", d.privacy_unit, list(privacy_card.UNITS), "What one DP record is: a "
+                     "patch (the paper) or a patient (all of a patient's patches; protects "
+                     "patients).")
+    fdef.DEFINE_integer("patches_per_patient", d.patches_per_patient, "--privacy_unit=patient: "
+                        "patches taken from each sampled patient per step (k).")
+    fdef.DEFINE_float("l2_norm_clip", d.l2_norm_clip, "Per-example gradient clip C of the "
+                      "critic (over all its weights). Choose it near the median per-example "
+                      "norm (TensorBoard train/norm_q50): the weight-clipped critic's "
+                      "gradients are small (~5e-4 at demo size, ~1e-2 at paper size), and a C "
+                      "far above them drowns the signal in noise.")
+    fdef.DEFINE_integer("batch_size", d.batch_size, "Expected records per critic step (patches,"
+                        " or patients with --privacy_unit=patient); Poisson sampling with "
+                        "rate batch_size / N.")
+    fdef.DEFINE_integer("critic_steps", d.critic_steps, "Planned critic (DP) steps.")
+    fdef.DEFINE_integer("n_critic", d.critic_steps_per_generator_step,
+                        "Critic steps per generator step.")
+    fdef.DEFINE_integer("base_filters", d.base_filters, "Width of both networks (paper: 96).")
+    fdef.DEFINE_integer("latent_dim", g.latent_dim, "Latent dimension.")
+    fdef.DEFINE_enum("loss", g.loss, list(wgan.LOSSES), "wgan: weight clipping (paper); "
+                     "wgan_gp: per-example gradient penalty; hinge; ns (non-saturating).")
+    fdef.DEFINE_float("weight_clip", g.weight_clip, "Critic weight clip for --loss=wgan.")
+    fdef.DEFINE_float("gp_weight", g.gp_weight, "Gradient-penalty weight for --loss=wgan_gp.")
+    fdef.DEFINE_float("adam_beta1", g.adam_beta1, "Adam β1 (--optimizer=adam).")
+    fdef.DEFINE_float("adam_beta2", g.adam_beta2, "Adam β2 (--optimizer=adam).")
+    fdef.DEFINE_enum("dp_backend", g.dp_backend, list(step.BACKENDS), "fast: ghost-norm "
+                     "clipping + TF Privacy's GaussianSumQuery; tf_privacy: TF Privacy's own "
+                     "DPKeras*Optimizer (one microbatch per record; slow, the reference).")
+    fdef.DEFINE_enum("optimizer", g.optimizer, ["rmsprop", "adam"], "Optimizer of both "
+                     "networks (the critic's gradients are privatised before it).")
+    fdef.DEFINE_float("critic_lr", g.critic_lr, "Critic learning rate.")
+    fdef.DEFINE_float("generator_lr", g.generator_lr, "Generator learning rate.")
+    fdef.DEFINE_integer("summary_every", d.summary_every, "Scalars every N critic steps.")
+    fdef.DEFINE_integer("image_every", d.image_every, "Sample images every N critic steps.")
+    fdef.DEFINE_integer("checkpoint_every", d.checkpoint_every, "Checkpoint every N steps.")
+    fdef.DEFINE_integer("sampling_seed", None, "Seed of the Poisson sampling (default: secret, "
+                        "from OS entropy; a known seed weakens the guarantee).")
+    fdef.DEFINE_integer("tf_seed", None, "TensorFlow seed (initialisation, latents, noise).")
+    fdef.DEFINE_integer("phantom_patients", p.num_patients, "Phantom: training patients.")
+    fdef.DEFINE_integer("phantom_test", p.num_test, "Phantom: held-out test patients.")
+    fdef.DEFINE_integer("phantom_seed", p.seed, "Phantom: seed.")
+    fdef.DEFINE_list("phantom_shape", list(map(str, p.shape)), "Phantom: volume shape x,y,z.")
+    fdef.DEFINE_integer("patch_size", p.patch_size, "Phantom: patch size.")
+    fdef.DEFINE_integer("phantom_patches_per_patient", p.patches_per_patient,
+                        "Phantom: patches per patient in the converted data set.")
+
+
+def config_from_flags(fv: flags.FlagValues = FLAGS) -> run.TrainConfig:
+    eps = fv.epsilon
+    workdir = fv.workdir or paths.default_workdir(eps)
+    phantom_config = default_data.PhantomDataConfig(
+        num_patients=fv.phantom_patients, num_test=fv.phantom_test,
+        seed=fv.phantom_seed, shape=tuple(int(v) for v in fv.phantom_shape),
+        patch_size=fv.patch_size, patches_per_patient=fv.phantom_patches_per_patient)
+    gan_config = wgan.WGANConfig(
+        latent_dim=fv.latent_dim, loss=fv.loss, weight_clip=fv.weight_clip,
+        gp_weight=fv.gp_weight, optimizer=fv.optimizer, critic_lr=fv.critic_lr,
+        generator_lr=fv.generator_lr, adam_beta1=fv.adam_beta1, adam_beta2=fv.adam_beta2,
+        dp_backend=fv.dp_backend)
+    return run.TrainConfig(
+        workdir=workdir, data=fv.data, phantom=phantom_config, cache_dir=fv.cache_dir,
+        epsilon=eps, delta=fv.delta, noise_multiplier=fv.noise_multiplier,
+        accountant=fv.accountant, privacy_unit=fv.privacy_unit,
+        patches_per_patient=fv.patches_per_patient, l2_norm_clip=fv.l2_norm_clip,
+        batch_size=fv.batch_size, critic_steps=fv.critic_steps,
+        critic_steps_per_generator_step=fv.n_critic, base_filters=fv.base_filters,
+        gan=gan_config, summary_every=fv.summary_every, image_every=fv.image_every,
+        checkpoint_every=fv.checkpoint_every, sampling_seed=fv.sampling_seed,
+        tf_seed=fv.tf_seed)
+
+
+def main(argv):
+    del argv
+    config = config_from_flags()
+    flags_text = cli.flags_text(FLAGS, exclude=("workdir",))
+    flags_text += f"--workdir={config.workdir}\n"
+    card = training.train(config, flags_text)
+    eps = "∞ (not private)" if card["epsilon"] is None else f"{card['epsilon']:.3f}"
+    w = config.workdir
+    print(f"done: {card['critic_steps']} critic steps, ε = {eps}, δ = {card['delta']}\n"
+          f"  workdir      {w}\n"
+          f"  generator    {workdir_lib.path(w, workdir_lib.GENERATOR)}\n"
+          f"  privacy card {workdir_lib.path(w, workdir_lib.PRIVACY_MD)}\n"
+          f"  samples      {workdir_lib.path(w, workdir_lib.SAMPLES_PNG)}\n"
+          f"  TensorBoard  tensorboard --logdir {w}")
+
+
+def cli_main():
+    cli.run(main, define_flags)
+
+
+if __name__ == "__main__":
+    cli_main()
