@@ -1,10 +1,12 @@
 """Critic step time: non-private vs tfdpgan DP vs stock TF Privacy, one run.
 
-For the demo size and the paper size (patch 96, base 96) it times, inside
-tf.function after a warm-up, the median of:
-  plain  tape.gradient of the mean WGAN critic loss + Adam (legacy, as all),
-  dp     tfdpgan.dp_clip.DPCriticStep (ghost clipping + GaussianSumQuery + Adam),
-  stock  tensorflow_privacy.DPKerasAdamOptimizer, num_microbatches = batch.
+All three are THE critic step that training runs (tfdpgan.gan.wgan.WGAN.critic_step, which
+draws the fakes and calls tfdpgan.dp.step.PrivateStep), built by tfdpgan.gan.run.build_wgan's
+building blocks with the WGAN loss and Adam, for the demo size and the paper size (patch 96,
+base 96); inside tf.function after a warm-up, the median of:
+  plain  private=False (ε = ∞): the plain gradient of the mean critic loss,
+  dp     --dp_backend=fast: ghost clipping + GaussianSumQuery,
+  stock  --dp_backend=tf_privacy: TF Privacy's DPKerasAdamOptimizer, a microbatch per record.
 plain and dp alternate step by step; stock runs in a child process (it can be
 too slow or too large) that stops after one step slower than
 --stock_max_step_seconds, is killed after --stock_timeout seconds and fails
@@ -25,12 +27,11 @@ import time
 
 from absl import app
 from absl import flags
-import tensorflow as tf
-import tensorflow_privacy
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tfdpgan.dp import clipping  # pylint: disable=g-import-not-at-top
-from tfdpgan.gan import models  # pylint: disable=g-import-not-at-top
+import tfdpgan  # noqa: F401  pylint: disable=g-import-not-at-top  (TF settings first)
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+from tfdpgan.gan import models, wgan  # pylint: disable=g-import-not-at-top
 
 flags.DEFINE_integer("demo_patch_size", 64, "Patch size of the demo model.")
 flags.DEFINE_integer("demo_base_filters", 32, "Base filters of the demo model.")
@@ -58,8 +59,7 @@ PAPER = (96, 96)
 
 def _batch(patch_size, batch_size):
     shape = [batch_size, patch_size, patch_size, 2]
-    return (tf.random.uniform(shape, -1.0, 1.0),
-            tf.random.uniform(shape, -1.0, 1.0))
+    return tf.random.uniform(shape, -1.0, 1.0), tf.ones([batch_size])
 
 
 def _run(step, inputs):
@@ -70,59 +70,41 @@ def _run(step, inputs):
     return time.perf_counter() - start
 
 
+def _gan(patch_size, base_filters, private, dp_backend="fast"):
+    """The training WGAN (generator + critic) with the given privacy settings."""
+    config = wgan.WGANConfig(
+        latent_dim=128, loss="wgan", optimizer="adam", critic_lr=1e-4, generator_lr=1e-4,
+        private=private, l2_norm_clip=L2_NORM_CLIP, noise_multiplier=NOISE_MULTIPLIER,
+        expected_batch_size=float(FLAGS.batch_size), dp_backend=dp_backend)
+    return wgan.WGAN(models.build_generator(128, patch_size, base_filters),
+                     models.build_critic(patch_size, base_filters), config)
+
+
 def _plain_and_dp_seconds(patch_size, base_filters):
-    critic = models.build_critic(patch_size, base_filters)
-    spec = [tf.TensorSpec([None, patch_size, patch_size, 2])] * 2
-    plain_optimizer = tf.keras.optimizers.legacy.Adam(1e-4)
-
-    @tf.function(input_signature=spec)
-    def plain_step(real, fake):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(clipping.wgan_critic_loss(critic, (real, fake)))
-        grads = tape.gradient(loss, critic.trainable_variables)
-        plain_optimizer.apply_gradients(zip(grads, critic.trainable_variables))
-        return loss
-
-    dp_critic_step = clipping.DPCriticStep(
-        critic, tf.keras.optimizers.legacy.Adam(1e-4), l2_norm_clip=L2_NORM_CLIP,
-        noise_multiplier=NOISE_MULTIPLIER, expected_batch_size=FLAGS.batch_size)
-    dp_step = tf.function(lambda real, fake: dp_critic_step((real, fake)),
-                          input_signature=spec)
+    plain_gan = _gan(patch_size, base_filters, private=False)
+    dp_gan = _gan(patch_size, base_filters, private=True)
     inputs = _batch(patch_size, FLAGS.batch_size)
-    for step in (plain_step, dp_step):
-        _run(step, inputs)
+    for gan in (plain_gan, dp_gan):
+        _run(gan.critic_step, inputs)
     plain, dp = [], []
     for _ in range(FLAGS.steps):
-        plain.append(_run(plain_step, inputs))
-        dp.append(_run(dp_step, inputs))
-    return critic.count_params(), statistics.median(plain), statistics.median(dp)
+        plain.append(_run(plain_gan.critic_step, inputs))
+        dp.append(_run(dp_gan.critic_step, inputs))
+    return (dp_gan.critic.count_params(), statistics.median(plain), statistics.median(dp))
 
 
 def _stock_child(patch_size, base_filters):
-    """Times the stock DPKerasAdamOptimizer step; prints `stock <s> <note>`."""
-    critic = models.build_critic(patch_size, base_filters)
-    batch_size = FLAGS.batch_size
-    optimizer = tensorflow_privacy.DPKerasAdamOptimizer(
-        l2_norm_clip=L2_NORM_CLIP, noise_multiplier=NOISE_MULTIPLIER,
-        num_microbatches=batch_size, learning_rate=1e-4)
-    spec = [tf.TensorSpec([batch_size, patch_size, patch_size, 2])] * 2
-
-    @tf.function(input_signature=spec)
-    def stock_step(real, fake):
-        def per_example_loss():
-            return clipping.wgan_critic_loss(critic, (real, fake))
-        optimizer.minimize(per_example_loss, critic.trainable_variables)
-        return optimizer.iterations
-
-    inputs = _batch(patch_size, batch_size)
-    first = _run(stock_step, inputs)  # includes tracing
+    """Times the critic step with --dp_backend=tf_privacy; prints `stock <s> <note>`."""
+    gan = _gan(patch_size, base_filters, private=True, dp_backend="tf_privacy")
+    inputs = _batch(patch_size, FLAGS.batch_size)
+    first = _run(gan.critic_step, inputs)  # includes tracing
     if first > FLAGS.stock_max_step_seconds:
         seconds = first
         note = (f"first step (incl. tracing) > {FLAGS.stock_max_step_seconds:g} s,"
                 " not repeated")
     else:
         seconds = statistics.median(
-            _run(stock_step, inputs) for _ in range(FLAGS.stock_steps))
+            _run(gan.critic_step, inputs) for _ in range(FLAGS.stock_steps))
         note = f"median of {FLAGS.stock_steps} steps"
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"stock {seconds:.3f} {note}, peak RSS {peak_gb:.1f} GB", flush=True)

@@ -6,6 +6,8 @@ import os
 import shutil
 import tempfile
 
+__all__ = ["write_text_atomic", "write_json_atomic", "staged_dir"]
+
 
 def write_text_atomic(path: str, text: str) -> None:
     """Write a text file via a temporary sibling and a rename."""

@@ -27,6 +27,9 @@ import tensorflow as tf
 from tfdpgan import errors
 from tfdpgan.data import records
 
+__all__ = ["new_secret_seed", "shuffled", "PatchArrays", "load_arrays", "poisson_indices",
+           "poisson", "patient_grouped"]
+
 AUTOTUNE = tf.data.AUTOTUNE
 
 

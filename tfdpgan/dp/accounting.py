@@ -54,6 +54,9 @@ from typing import Tuple
 import dp_accounting
 import numpy as np
 
+__all__ = ["ACCOUNTANTS", "RDP_ORDERS", "default_delta", "compute_epsilon", "calibrate_noise",
+           "max_steps_within", "group_privacy_epsilon_delta", "PrivacyLedger"]
+
 ACCOUNTANTS = ("rdp", "pld")
 
 RDP_ORDERS = tuple(sorted(set(

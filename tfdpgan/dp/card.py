@@ -118,7 +118,6 @@ def make_card(*, private: bool, noise_multiplier: float, l2_norm_clip: Optional[
 
 def render_markdown(card: dict) -> str:
     """PRIVACY.md: what the numbers in ``card`` mean, in plain words."""
-    unit = card["privacy_unit"]
     lines = ["# Privacy card", ""]
     if not card["private"]:
         lines += [
@@ -127,41 +126,56 @@ def render_markdown(card: dict) -> str:
             "individual training patches or patients. Do not share them outside the "
             "institution that holds the data.", ""]
     else:
-        eps, delta = card["epsilon"], card["delta"]
-        clip = "not set" if card["l2_norm_clip"] is None else f"{card['l2_norm_clip']:g}"
+        lines += _guarantee_lines(card) + _patient_meaning_lines(card)
+    return "\n".join(lines + _scope_lines(card)) + "\n"
+
+
+def _guarantee_lines(card: dict) -> list:
+    unit = card["privacy_unit"]
+    eps, delta = card["epsilon"], card["delta"]
+    clip = "not set" if card["l2_norm_clip"] is None else f"{card['l2_norm_clip']:g}"
+    return [
+        f"**Guarantee:** ({eps:.3g}, {delta:.3g})-differential privacy per **{unit}** "
+        f"(add/remove one {unit}), for the release of the generator and of everything "
+        f"sampled from it.", "",
+        f"- Accountant used for the guarantee: `{card['accountant']}`; "
+        f"RDP ε = {_fmt(card['epsilon_rdp'])}, PLD ε = {_fmt(card['epsilon_pld'])}.",
+        f"- Target ε: {_fmt(card['target_epsilon'])}.",
+        f"- Critic steps run: {card['critic_steps']}; sampling: {card['sampling']} with "
+        f"rate q = {card['sampling_rate']:.4g} (expected batch "
+        f"{card['expected_batch_size']:g} of {card['num_records']} {PLURAL[unit]}).",
+        f"- Per-{unit} gradient clip C = {clip}; Gaussian noise std "
+        f"= {card['noise_multiplier']:.4g} × C per step.",
+        f"- δ = {delta:.3g} ≤ 1/(10 N) for N = {card['num_records']} {PLURAL[unit]}: "
+        f"releasing one randomly chosen {unit} verbatim is already (0, 1/N)-DP, so a δ "
+        "near 1/N would allow exactly that.", ""]
+
+
+def _patient_meaning_lines(card: dict) -> list:
+    unit, k = card["privacy_unit"], card.get("patches_per_patient")
+    eps, delta = card["epsilon"], card["delta"]
+    lines = []
+    if unit == "patient":
         lines += [
-            f"**Guarantee:** ({eps:.3g}, {delta:.3g})-differential privacy per **{unit}** "
-            f"(add/remove one {unit}), for the release of the generator and of everything "
-            f"sampled from it.", "",
-            f"- Accountant used for the guarantee: `{card['accountant']}`; "
-            f"RDP ε = {_fmt(card['epsilon_rdp'])}, PLD ε = {_fmt(card['epsilon_pld'])}.",
-            f"- Target ε: {_fmt(card['target_epsilon'])}.",
-            f"- Critic steps run: {card['critic_steps']}; sampling: {card['sampling']} with "
-            f"rate q = {card['sampling_rate']:.4g} (expected batch "
-            f"{card['expected_batch_size']:g} of {card['num_records']} {PLURAL[unit]}).",
-            f"- Per-{unit} gradient clip C = {clip}; Gaussian noise std "
-            f"= {card['noise_multiplier']:.4g} × C per step.",
-            f"- δ = {delta:.3g} ≤ 1/(10 N) for N = {card['num_records']} {PLURAL[unit]}: "
-            f"releasing one randomly chosen {unit} verbatim is already (0, 1/N)-DP, so a δ "
-            "near 1/N would allow exactly that.", ""]
-        k = card.get("patches_per_patient")
-        if unit == "patient":
-            lines += [
-                "**What this means for a patient:** the record is the patient. Each critic "
-                "step includes every patient independently with probability q and then uses "
-                f"up to {k} of that patient's patches; the gradient of the patient's combined "
-                "loss is clipped to C as one record before the noise is added. Adding or "
-                "removing a patient — all of their images and labels — changes what the "
-                "released generator can be by at most the (ε, δ) above.", ""]
-        if unit == "patch" and k:
-            eps_k, delta_k = accounting.group_privacy_epsilon_delta(eps, delta, k)
-            lines += [
-                "**What this means for a patient:** the unit is a single 2-D patch, and each "
-                f"patient contributed up to {k} patches. By group privacy the guarantee for a "
-                f"whole patient is only ({_fmt(eps_k)}, {_fmt(delta_k)})-DP, which for "
-                "large k is no meaningful protection. A patient-level guarantee needs "
-                "patient-level DP (one record per patient), which this run did not use.", ""]
-    lines += [
+            "**What this means for a patient:** the record is the patient. Each critic "
+            "step includes every patient independently with probability q and then uses "
+            f"up to {k} of that patient's patches; the gradient of the patient's combined "
+            "loss is clipped to C as one record before the noise is added. Adding or "
+            "removing a patient — all of their images and labels — changes what the "
+            "released generator can be by at most the (ε, δ) above.", ""]
+    if unit == "patch" and k:
+        eps_k, delta_k = accounting.group_privacy_epsilon_delta(eps, delta, k)
+        lines += [
+            "**What this means for a patient:** the unit is a single 2-D patch, and each "
+            f"patient contributed up to {k} patches. By group privacy the guarantee for a "
+            f"whole patient is only ({_fmt(eps_k)}, {_fmt(delta_k)})-DP, which for "
+            "large k is no meaningful protection. A patient-level guarantee needs "
+            "patient-level DP (one record per patient), which this run did not use.", ""]
+    return lines
+
+
+def _scope_lines(card: dict) -> list:
+    return [
         "## What is protected",
         "- The generator (SavedModel) and every image+label pair sampled from it: they are "
         "post-processing of the DP-trained critic, which is the only network that read the "
@@ -183,7 +197,6 @@ def render_markdown(card: dict) -> str:
         "",
         f"tfdpgan {card['tfdpgan_version']}",
     ]
-    return "\n".join(lines) + "\n"
 
 
 def _fmt(x):

@@ -10,6 +10,8 @@ import math
 
 import tensorflow as tf
 
+__all__ = ["MAX_STAGES", "BN_MOMENTUM", "default_num_stages", "build_generator", "build_critic"]
+
 MAX_STAGES = 5
 # Generator BatchNorm: moving statistics (used at export/inference) must track the training
 # statistics within the few hundred generator steps of a CPU run; Keras' 0.99 lags far behind.
