@@ -72,6 +72,7 @@ def test_patient_level_card(patient_run, patch_records):
     assert "per **patient**" in text and "the record is the patient" in text
 
 
+@pytest.mark.slow
 def test_plan_mode_agrees_with_the_trained_run(patient_run, patch_records):
     config, card = patient_run
     planned = privacy_card.plan_card(

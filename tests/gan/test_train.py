@@ -170,6 +170,7 @@ def _train_cmd(data, workdir, steps):
             "--summary_every=1000", "--image_every=1000", "--sampling_seed=11", "--tf_seed=0"]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_counts_privacy_like_an_uninterrupted_run(patch_records, tmp_path):
     steps = 400
     resumed = str(tmp_path / "resumed")
@@ -215,6 +216,7 @@ def test_flagfiles_parse(cfg, monkeypatch):
     assert os.path.basename(cfg) != "paper_wgan.cfg" or not config.private
 
 
+@pytest.mark.slow
 def test_export_command_reexports_from_checkpoint(private_run):
     config, _ = private_run
     gen = os.path.join(config.workdir, "generator")
@@ -229,6 +231,7 @@ def test_export_command_reexports_from_checkpoint(private_run):
     assert os.path.isfile(os.path.join(gen, "assets.extra", "normalization.json"))
 
 
+@pytest.mark.slow
 def test_wgan_gp_trains_privately(patch_records, tmp_path):
     gan_config = wgan.WGANConfig(latent_dim=8, loss="wgan_gp", optimizer="adam",
                                  critic_lr=1e-4, generator_lr=1e-4)
@@ -260,6 +263,7 @@ def test_demo_flagfile_is_the_default(monkeypatch):
     assert parsed[0] == parsed[1]
 
 
+@pytest.mark.slow
 def test_bad_data_folder_fails_cleanly(tmp_path):
     workdir = str(tmp_path / "w")
     done = subprocess.run([sys.executable, "-m", "tfdpgan.train", f"--data={tmp_path}/missing",

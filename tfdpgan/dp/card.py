@@ -61,8 +61,9 @@ def make_plan(*, num_records: int, expected_batch_size: float, critic_steps: int
         raise errors.SettingsError(f"batch_size {expected_batch_size:g} must be in [1, {num_records}] "
                          f"(the number of training records)")
     q = expected_batch_size / num_records
-    delta = delta if delta is not None else accounting.default_delta(num_records)
     private = math.isfinite(epsilon) or noise_multiplier is not None
+    _refuse_void_budget(num_records, epsilon, noise_multiplier, delta, private)
+    delta = delta if delta is not None else accounting.default_delta(num_records)
     steps, sigma = int(critic_steps), 0.0
     if private:
         sigma = noise_multiplier
@@ -207,6 +208,20 @@ def write_card(run_dir: str, card: dict):
     """Write privacy.json and PRIVACY.md into the workdir ``run_dir`` (each atomically)."""
     atomic.write_json_atomic(workdir.path(run_dir, workdir.PRIVACY_JSON), card)
     atomic.write_text_atomic(workdir.path(run_dir, workdir.PRIVACY_MD), render_markdown(card))
+
+
+def _refuse_void_budget(num_records, epsilon, noise_multiplier, delta, private):
+    """Settings under which the (ε, δ) statement would be void or meaningless."""
+    if not epsilon > 0:
+        raise errors.SettingsError(f"epsilon must be positive (or inf), got {epsilon}")
+    if private and noise_multiplier is not None and not noise_multiplier > 0:
+        raise errors.SettingsError(f"noise_multiplier must be positive for a private run, "
+                                   f"got {noise_multiplier}")
+    if delta is not None and not 0 < delta < 1.0 / num_records:
+        raise errors.SettingsError(
+            f"delta = {delta:g} must be in (0, 1/N) = (0, {1.0 / num_records:.3g}) for N = "
+            f"{num_records} records: publishing one random record verbatim is already "
+            f"(0, 1/N)-DP, so such a δ guarantees nothing")
 
 
 def count_records(info: dict, unit: str) -> int:

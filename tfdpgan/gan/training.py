@@ -35,6 +35,10 @@ def check_settings(config: run_lib.TrainConfig):
     if config.patches_per_patient < 1:
         raise errors.SettingsError(f"patches_per_patient must be >= 1, got "
                                    f"{config.patches_per_patient}")
+    if config.private and not config.l2_norm_clip > 0:
+        raise errors.SettingsError(f"l2_norm_clip must be positive for a private run, got "
+                                   f"{config.l2_norm_clip} (a zero clip makes every step "
+                                   f"pure noise)")
 
 
 def _num_records(config, info: dict, arrays: pipeline.PatchArrays) -> int:
