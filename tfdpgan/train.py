@@ -54,6 +54,15 @@ def define_flags(fv: flags.FlagValues = FLAGS):
     fdef.DEFINE_integer("critic_steps", d.critic_steps, "Planned critic (DP) steps.")
     fdef.DEFINE_integer("n_critic", d.critic_steps_per_generator_step,
                         "Critic steps per generator step.")
+    fdef.DEFINE_bool("adaptive_n_critic", d.adaptive_n_critic, "Double --n_critic while the "
+                     "critic recognises fewer than 60% of fresh fakes (Bie et al. 2023; reads "
+                     "no private data).")
+    fdef.DEFINE_integer("max_n_critic", d.max_n_critic, "Upper bound of the adaptive n_critic.")
+    fdef.DEFINE_float("ema_decay", g.ema_decay, "Export an exponential moving average of the "
+                      "generator with this decay (e.g. 0.999; 0 = off). Post-processing: free.")
+    fdef.DEFINE_string("init_from", None, "Start generator and critic from the latest "
+                       "checkpoint of this workdir, a run on PUBLIC data (e.g. "
+                       "flags/pretrain_phantom.cfg); stated on the privacy card.")
     fdef.DEFINE_integer("base_filters", d.base_filters, "Width of both networks (paper: 96).")
     fdef.DEFINE_integer("latent_dim", g.latent_dim, "Latent dimension.")
     fdef.DEFINE_enum("loss", g.loss, list(wgan.LOSSES), "wgan: weight clipping (paper); "
@@ -95,7 +104,7 @@ def config_from_flags(fv: flags.FlagValues = FLAGS) -> run.TrainConfig:
         latent_dim=fv.latent_dim, loss=fv.loss, weight_clip=fv.weight_clip,
         gp_weight=fv.gp_weight, optimizer=fv.optimizer, critic_lr=fv.critic_lr,
         generator_lr=fv.generator_lr, adam_beta1=fv.adam_beta1, adam_beta2=fv.adam_beta2,
-        dp_backend=fv.dp_backend)
+        dp_backend=fv.dp_backend, ema_decay=fv.ema_decay)
     return run.TrainConfig(
         workdir=workdir, data=fv.data, phantom=phantom_config, cache_dir=fv.cache_dir,
         epsilon=eps, delta=fv.delta, noise_multiplier=fv.noise_multiplier,
@@ -105,7 +114,8 @@ def config_from_flags(fv: flags.FlagValues = FLAGS) -> run.TrainConfig:
         critic_steps_per_generator_step=fv.n_critic, base_filters=fv.base_filters,
         gan=gan_config, summary_every=fv.summary_every, image_every=fv.image_every,
         checkpoint_every=fv.checkpoint_every, sampling_seed=fv.sampling_seed,
-        tf_seed=fv.tf_seed)
+        tf_seed=fv.tf_seed, adaptive_n_critic=fv.adaptive_n_critic,
+        max_n_critic=fv.max_n_critic, init_from=fv.init_from)
 
 
 def main(argv):

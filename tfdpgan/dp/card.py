@@ -85,9 +85,11 @@ def make_card(*, private: bool, noise_multiplier: float, l2_norm_clip: Optional[
               expected_batch_size: float, num_records: int, critic_steps: int, delta: float,
               accountant: str, target_epsilon: Optional[float], privacy_unit: str = "patch",
               patches_per_patient: Optional[int] = None, sampling: str = "poisson",
-              compute_pld: bool = True, data_independent_preprocessing: bool = False) -> dict:
+              compute_pld: bool = True, data_independent_preprocessing: bool = False,
+              public_prior: Optional[dict] = None) -> dict:
     """The privacy.json object for a run (keys fixed in DESIGN.md). ``l2_norm_clip`` None:
-    not known (a plan; ε does not depend on C)."""
+    not known (a plan; ε does not depend on C). ``public_prior``: where the networks'
+    starting weights came from (a run on public data; no privacy cost, but stated)."""
     q = expected_batch_size / num_records
     eps_rdp = eps_pld = None
     if private:
@@ -113,6 +115,7 @@ def make_card(*, private: bool, noise_multiplier: float, l2_norm_clip: Optional[
         "critic_steps": int(critic_steps),
         "patches_per_patient": patches_per_patient,
         "normalization_data_independent": bool(data_independent_preprocessing),
+        "public_prior": public_prior,
         "tfdpgan_version": tfdpgan.__version__,
     }
 
@@ -128,7 +131,22 @@ def render_markdown(card: dict) -> str:
             "institution that holds the data.", ""]
     else:
         lines += _guarantee_lines(card) + _patient_meaning_lines(card)
-    return "\n".join(lines + _scope_lines(card)) + "\n"
+    return "\n".join(lines + _prior_lines(card) + _scope_lines(card)) + "\n"
+
+
+def _prior_lines(card: dict) -> list:
+    prior = card.get("public_prior")
+    if not prior:
+        return []
+    return [
+        f"**Public prior:** the generator and critic started from the weights of "
+        f"`{prior['workdir']}`, trained on `{prior['data']}` "
+        f"({'non-private' if not prior['prior_private'] else 'private'}, "
+        f"{prior['prior_critic_steps']} critic steps). That data must be public (e.g. the "
+        "built-in phantom): then the prior costs no privacy and the guarantee above covers "
+        "the private data alone; tfdpgan refused it if it shared any source file with this "
+        "run's data. Compare against the prior alone to see what the private data added.",
+        ""]
 
 
 def _guarantee_lines(card: dict) -> list:

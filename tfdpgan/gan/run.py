@@ -19,7 +19,7 @@ from tfdpgan.gan import export, models, wgan
 
 __all__ = ["TrainConfig", "group_size", "build_wgan", "make_checkpoint", "run_record",
            "check_same_run", "config_from_run", "plan_from_run", "restore", "release_assets",
-           "export_from_workdir"]
+           "export_from_workdir", "init_from_prior", "describe_prior"]
 
 # Settings that do not change what a run computes (logging cadence): not part of run.json.
 _COSMETIC = ("summary_every", "image_every", "checkpoint_every", "keep_checkpoints")
@@ -53,6 +53,9 @@ class TrainConfig:
     num_samples_png: int = 32
     sampling_seed: Optional[int] = None      # None = secret seed from OS entropy
     tf_seed: Optional[int] = None
+    adaptive_n_critic: bool = False          # double n_critic while the critic is weak
+    max_n_critic: int = 200
+    init_from: Optional[str] = None          # workdir of a prior run on PUBLIC data
 
     @property
     def private(self) -> bool:
@@ -75,13 +78,16 @@ def build_wgan(config: TrainConfig, patch_size: int, plan: privacy_card.Plan) ->
     return wgan.WGAN(generator, critic, gan_config)
 
 
-def make_checkpoint(gan: wgan.WGAN, step: tf.Variable, seed: tf.Variable):
+def make_checkpoint(gan: wgan.WGAN, step: tf.Variable, seed: tf.Variable, schedule=None):
     """Everything a resumed run needs, including the critic-step ledger and the SECRET
     sampling seed (so checkpoints must stay private)."""
+    extra = {} if schedule is None else {"schedule": schedule}
+    if gan.ema_generator is not None:
+        extra["ema_generator"] = gan.ema_generator
     return tf.train.Checkpoint(generator=gan.generator, critic=gan.critic,
                                critic_optimizer=gan.critic_optimizer,
                                generator_optimizer=gan.generator_optimizer,
-                               critic_step=step, sampling_seed=seed)
+                               critic_step=step, sampling_seed=seed, **extra)
 
 
 def run_record(config: TrainConfig, plan: privacy_card.Plan, rec_dir: str) -> dict:
@@ -146,6 +152,48 @@ def export_from_workdir(run_dir: str) -> str:
     """Re-export the generator of the run in ``run_dir`` from its latest checkpoint."""
     _, gan, run = restore(run_dir)
     out = workdir.path(run_dir, workdir.GENERATOR)
-    export.export_generator(gan.generator, out, release_assets(
+    export.export_generator(gan.release_generator, out, release_assets(
         workdir.read_card(run_dir), records.read_dataset_json(run["data"])))
     return out
+
+
+def _source_checksums(info: dict) -> set:
+    """SHA-256s of the source images and labels (masks are often shared templates)."""
+    return {h for p in info.get("patients", {}).values()
+            for role, h in (p.get("sha256") or {}).items() if role in ("image", "label")}
+
+
+def describe_prior(prior_dir: str, rec_dir: str) -> dict:
+    """What the card says about a public prior: its workdir, data folder and own card.
+
+    Refuses a prior trained on any of this run's source volumes (same SHA-256): such a
+    "prior" would have seen the private data outside the DP mechanism."""
+    prior_run = workdir.read_run(prior_dir)
+    prior_info = records.read_dataset_json(prior_run["data"])
+    shared = _source_checksums(prior_info) & _source_checksums(records.read_dataset_json(
+        rec_dir))
+    if os.path.abspath(prior_run["data"]) == os.path.abspath(rec_dir) or shared:
+        raise errors.SettingsError(
+            f"--init_from={prior_dir} was trained on {prior_run['data']}, which shares "
+            f"{len(shared) or 'all'} source files with this run's private data; a prior must "
+            f"come from public data (e.g. the built-in phantom)")
+    prior_card = workdir.read_card(prior_dir)
+    return {"workdir": os.path.abspath(prior_dir), "data": prior_run["data"],
+            "prior_private": prior_card["private"], "prior_epsilon": prior_card["epsilon"],
+            "prior_critic_steps": prior_card["critic_steps"]}
+
+
+def init_from_prior(gan: wgan.WGAN, prior_dir: str):
+    """Copy the generator and critic weights (not the optimizers, not the seed) of the prior
+    run's latest checkpoint into ``gan``. Architectures must match."""
+    _, prior, _ = restore(prior_dir)
+    pairs = [(gan.generator, prior.generator), (gan.critic, prior.critic)]
+    if gan.ema_generator is not None:
+        pairs.append((gan.ema_generator, prior.release_generator))
+    for mine, theirs in pairs:
+        shapes = [w.shape for w in mine.weights], [w.shape for w in theirs.weights]
+        if shapes[0] != shapes[1]:
+            raise errors.SettingsError(
+                f"--init_from={prior_dir}: its {mine.name} has another architecture (patch "
+                f"size, --base_filters or --latent_dim differ)")
+        mine.set_weights(theirs.get_weights())

@@ -22,7 +22,7 @@ from tfdpgan import atomic, errors, viz, workdir
 from tfdpgan.data import default_data, pipeline, records
 from tfdpgan.dp import accounting
 from tfdpgan.dp import card as privacy_card
-from tfdpgan.gan import export, run as run_lib, wgan
+from tfdpgan.gan import export, run as run_lib, schedule as schedule_lib, wgan
 
 __all__ = ["train", "batches", "finish", "check_settings"]
 
@@ -70,26 +70,33 @@ def train(config: run_lib.TrainConfig, flags_text: str = "") -> dict:
     run_lib.check_same_run(run_dir, run_lib.run_record(config, plan, rec_dir))
     if config.tf_seed is not None:
         tf.random.set_seed(config.tf_seed)
+    prior = run_lib.describe_prior(config.init_from, rec_dir) if config.init_from else None
     gan = run_lib.build_wgan(config, info["patch_size"], plan)
     step = tf.Variable(0, dtype=tf.int64, name="critic_step")
     seed = tf.Variable(config.sampling_seed if config.sampling_seed is not None
                        else pipeline.new_secret_seed(), dtype=tf.int64, name="sampling_seed")
-    manager = tf.train.CheckpointManager(run_lib.make_checkpoint(gan, step, seed),
+    schedule = schedule_lib.CriticSchedule(config.critic_steps_per_generator_step,
+                                           config.adaptive_n_critic, max_n=config.max_n_critic)
+    manager = tf.train.CheckpointManager(run_lib.make_checkpoint(gan, step, seed, schedule),
                                          workdir.path(run_dir, workdir.CHECKPOINTS),
                                          max_to_keep=config.keep_checkpoints)
     if manager.latest_checkpoint:
         manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         logging.info("resumed from %s at critic step %d", manager.latest_checkpoint, int(step))
+    elif config.init_from:
+        run_lib.init_from_prior(gan, config.init_from)
+        logging.info("initialised generator and critic from %s (public prior)",
+                     config.init_from)
     writer = tf.summary.create_file_writer(run_dir)
     _log_plan(config, plan, writer)
     data = batches(config, arrays, plan, int(seed.numpy()), int(step))
-    _loop(config, plan, gan, data, step, manager, writer)
-    return finish(run_dir, gan, config, plan, int(step), info, writer)
+    _loop(config, plan, gan, schedule, data, step, manager, writer)
+    return finish(run_dir, gan, config, plan, int(step), info, writer, prior)
 
 
-def _loop(config, plan, gan, data, step, manager, writer):
-    """One private critic update per batch, a generator step every n_critic, logs and
-    checkpoints; a final checkpoint at the last step."""
+def _loop(config, plan, gan, schedule, data, step, manager, writer):
+    """One private critic update per batch, a generator step when the schedule says so,
+    logs and checkpoints; a final checkpoint at the last step."""
     total, start, start_step = plan.critic_steps, time.time(), int(step)
     generator_metrics = {}
     rows_per_step = tf.constant(config.batch_size * run_lib.group_size(config), tf.int32)
@@ -97,8 +104,11 @@ def _loop(config, plan, gan, data, step, manager, writer):
         metrics = gan.critic_step(pairs, weight)
         step.assign_add(1)
         s = int(step)
-        if s % config.critic_steps_per_generator_step == 0:
+        if schedule.critic_stepped():
             generator_metrics = gan.generator_step(rows_per_step)
+            accuracy = schedule.update(gan.fake_scores(rows_per_step))
+            generator_metrics = {**generator_metrics, "critic_accuracy_on_fakes": accuracy,
+                                 "n_critic": int(schedule.n)}
         if s % config.summary_every == 0 or s == total:
             metrics = {**metrics, **generator_metrics, **gan.critic_metrics(pairs)}
             rate = (s - start_step) / max(time.time() - start, 1e-9)
@@ -180,8 +190,9 @@ def _write_images(writer, gan, s, n):
     return grid
 
 
-def finish(run_dir, gan, config, plan, steps_run, info, writer) -> dict:
-    """Privacy card, samples.png and the exported generator, from the steps actually run."""
+def finish(run_dir, gan, config, plan, steps_run, info, writer, prior=None) -> dict:
+    """Privacy card, samples.png and the exported generator, from the steps actually run.
+    ``prior``: run_lib.describe_prior of the public prior the run started from, if any."""
     card = privacy_card.make_card(
         private=config.private, noise_multiplier=plan.noise_multiplier,
         l2_norm_clip=config.l2_norm_clip, expected_batch_size=config.batch_size,
@@ -191,7 +202,8 @@ def finish(run_dir, gan, config, plan, steps_run, info, writer) -> dict:
         privacy_unit=config.privacy_unit,
         patches_per_patient=(config.patches_per_patient if config.privacy_unit == "patient"
                              else info.get("patches_per_patient")),
-        data_independent_preprocessing=not info["normalization"].get("data_dependent", True))
+        data_independent_preprocessing=not info["normalization"].get("data_dependent", True),
+        public_prior=prior)
     privacy_card.write_card(run_dir, card)
     grid = _write_images(writer, gan, steps_run, config.num_samples_png)
     tf.io.write_file(workdir.path(run_dir, workdir.SAMPLES_PNG), tf.io.encode_png(grid))
@@ -202,6 +214,6 @@ def finish(run_dir, gan, config, plan, steps_run, info, writer) -> dict:
             with open(workdir.path(run_dir, workdir.FLAGS_TXT)) as f:
                 tf.summary.text("run/flags", "```\n" + f.read() + "\n```", step=steps_run)
     writer.flush()
-    export.export_generator(gan.generator, workdir.path(run_dir, workdir.GENERATOR),
+    export.export_generator(gan.release_generator, workdir.path(run_dir, workdir.GENERATOR),
                             run_lib.release_assets(card, info))
     return card

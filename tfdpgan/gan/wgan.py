@@ -11,6 +11,11 @@ padding). The update is tfdpgan.dp.step.PrivateStep: each record's gradient clip
 Gaussian noise noise_multiplier * C, divided by the EXPECTED number of records. The generator
 step reads only the critic, so it is post-processing. With ``private=False`` (ε = ∞) the plain
 gradient of the weighted mean loss is used: no clipping, no noise.
+
+Generator EMA (``ema_decay`` > 0): an exponential moving average of the generator's weights
+after every generator step (moving BatchNorm statistics copied), exported and sampled instead
+of the raw generator. It is a function of the generator iterates only, so post-processing:
+it costs no privacy.
 """
 import dataclasses
 import math
@@ -43,6 +48,7 @@ class WGANConfig:
     expected_batch_size: float = 32.0  # expected RECORDS per critic step (q * N)
     group_size: int = 1                # rows per record: 1 (patch) or k (patient)
     dp_backend: str = "fast"           # fast | tf_privacy (see tfdpgan.dp.step)
+    ema_decay: float = 0.0             # > 0: release an EMA of the generator weights
 
 
 def to_pairs(image, label):
@@ -67,6 +73,10 @@ class WGAN(tf.Module):
         self.generator_optimizer = step.make_optimizer(
             config.optimizer, config.generator_lr, beta_1=config.adam_beta1,
             beta_2=config.adam_beta2)
+        self.ema_generator = None
+        if config.ema_decay > 0:
+            self.ema_generator = tf.keras.models.clone_model(generator)
+            self.ema_generator.set_weights(generator.get_weights())
         self.private_step = None
         if config.private:
             self.private_step = step.PrivateStep(
@@ -82,6 +92,8 @@ class WGAN(tf.Module):
         self.critic_metrics = tf.function(self._critic_metrics, input_signature=[spec])
         self.generator_step = tf.function(
             self._generator_step, input_signature=[tf.TensorSpec([], tf.int32)])
+        self.fake_scores = tf.function(
+            self._fake_scores, input_signature=[tf.TensorSpec([], tf.int32)])
 
     def per_example_loss(self, critic, inputs):
         """w_j * loss_j for rows (real_j, fake_j, w_j); depends on row j only."""
@@ -155,8 +167,22 @@ class WGAN(tf.Module):
         variables = self.generator.trainable_variables
         grads = tape.gradient(loss, variables)
         self.generator_optimizer.apply_gradients(zip(grads, variables))
+        if self.ema_generator is not None:
+            d = self.config.ema_decay
+            for ema, w in zip(self.ema_generator.variables, self.generator.variables):
+                ema.assign(d * ema + (1.0 - d) * w if w.trainable else w)
         return {"generator_loss": loss}
 
+    def _fake_scores(self, n):
+        """Critic scores [n] of n fresh generated pairs (no private data involved)."""
+        return self.critic(self._sample(n, training=False), training=False)[:, 0]
+
+    @property
+    def release_generator(self) -> tf.keras.Model:
+        """The generator that is exported and sampled: the EMA one if enabled."""
+        return self.ema_generator if self.ema_generator is not None else self.generator
+
     def sample(self, n: int):
-        """n generated pairs [n, P, P, 2] (inference mode)."""
-        return self._sample(n, training=False)
+        """n generated pairs [n, P, P, 2] from the release generator (inference mode)."""
+        z = tf.random.normal([n, self.config.latent_dim])
+        return self.release_generator(z, training=False)

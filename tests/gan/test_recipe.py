@@ -1,0 +1,113 @@
+"""The modern recipe's free parts: EMA, adaptive n_critic and a public prior cost no privacy."""
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfdpgan import errors, workdir
+from tfdpgan.gan import run, schedule, training, wgan
+from tiny import TINY
+
+# keys that differ between two otherwise identical runs for reasons other than privacy
+_NOT_PRIVACY = {"public_prior"}
+
+
+def _config(tmp_path, data, name, **changes):
+    base = dict(TINY, critic_steps=6, epsilon=3.0, sampling_seed=5)
+    base.update(changes)
+    return run.TrainConfig(workdir=str(tmp_path / name), data=data, **base)
+
+
+def _privacy(card):
+    return {k: v for k, v in card.items() if k not in _NOT_PRIVACY}
+
+
+@pytest.fixture(scope="module")
+def plain_card(patch_records, tmp_path_factory):
+    return training.train(_config(tmp_path_factory.mktemp("plain"), patch_records, "w"))
+
+
+def test_ema_costs_no_privacy_and_is_what_is_released(patch_records, tmp_path, plain_card):
+    gan_config = dataclasses.replace(TINY["gan"], ema_decay=0.5)
+    config = _config(tmp_path, patch_records, "ema", gan=gan_config)
+    card = training.train(config)
+    assert _privacy(card) == _privacy(plain_card)
+    _, gan, _ = run.restore(config.workdir)
+    assert gan.ema_generator is not None
+    raw, ema = gan.generator.get_weights(), gan.ema_generator.get_weights()
+    assert any(not np.allclose(a, b) for a, b in zip(raw, ema))
+    exported = tf.saved_model.load(workdir.path(config.workdir, workdir.GENERATOR))
+    z = tf.random.normal([2, TINY["gan"].latent_dim], seed=1)
+    out = exported.signatures["serving_default"](latent=z)["image"].numpy()
+    np.testing.assert_allclose(out, gan.ema_generator(z, training=False)[..., :1].numpy(),
+                               atol=1e-5)
+
+
+def test_adaptive_schedule_doubles_n_while_the_critic_is_weak():
+    s = schedule.CriticSchedule(2, adaptive=True, target=0.6, max_n=8)
+    fired = [s.critic_stepped() for _ in range(4)]
+    assert fired == [False, True, False, True]
+    assert s.update(tf.constant([0.5, 1.0, -1.0])) == pytest.approx(1 / 3)
+    assert int(s.n) == 4
+    s.update(tf.constant([1.0]))
+    s.update(tf.constant([1.0]))
+    assert int(s.n) == 8                     # capped
+    s.update(tf.constant([-1.0, -2.0]))      # strong critic: n stays
+    assert int(s.n) == 8
+    fixed = schedule.CriticSchedule(2, adaptive=False)
+    fixed.update(tf.constant([1.0]))
+    assert int(fixed.n) == 2
+
+
+def test_adaptive_signal_reads_no_private_data(patch_records, tmp_path, plain_card):
+    """The schedule's input is the critic's score of fresh fakes: the traced function takes
+    only a sample count; and the card of an adaptive run equals the plain run's."""
+    config = _config(tmp_path, patch_records, "adaptive", adaptive_n_critic=True,
+                     max_n_critic=4)
+    card = training.train(config)
+    assert _privacy(card) == _privacy(plain_card)
+    _, gan, _ = run.restore(config.workdir)
+    signature = gan.fake_scores.get_concrete_function().structured_input_signature[0]
+    assert [spec.shape.rank for spec in signature] == [0]
+
+
+def test_public_prior_is_stated_and_costs_no_privacy(patch_records, tiny_dataset, tmp_path,
+                                                     plain_card):
+    prior = _config(tmp_path, tiny_dataset[1], "prior", epsilon=float("inf"))
+    training.train(prior)
+    config = _config(tmp_path, patch_records, "fine", init_from=prior.workdir)
+    card = training.train(config)
+    assert _privacy(card) == _privacy(plain_card)
+    assert card["public_prior"]["workdir"] == os.path.abspath(prior.workdir)
+    assert card["public_prior"]["prior_private"] is False
+    assert "Public prior" in open(workdir.path(config.workdir, workdir.PRIVACY_MD)).read()
+
+
+def test_prior_on_the_private_data_is_refused(patch_records, tmp_path):
+    prior = _config(tmp_path, patch_records, "leaky_prior", epsilon=float("inf"))
+    training.train(prior)
+    config = _config(tmp_path, patch_records, "fine", init_from=prior.workdir)
+    with pytest.raises(errors.SettingsError, match="public data"):
+        training.train(config)
+
+
+def test_prior_with_another_architecture_is_refused(patch_records, tiny_dataset, tmp_path):
+    prior = _config(tmp_path, tiny_dataset[1], "wide_prior", epsilon=float("inf"),
+                    base_filters=8)
+    training.train(prior)
+    config = _config(tmp_path, patch_records, "fine", init_from=prior.workdir)
+    with pytest.raises(errors.SettingsError, match="architecture"):
+        training.train(config)
+
+
+@pytest.mark.parametrize("loss", ["hinge", "ns"])
+def test_modern_losses_train_privately_without_weight_clipping(patch_records, tmp_path, loss):
+    gan_config = wgan.WGANConfig(latent_dim=8, loss=loss, optimizer="adam", critic_lr=0.05,
+                                 generator_lr=1e-3, adam_beta1=0.0, adam_beta2=0.99)
+    config = _config(tmp_path, patch_records, loss, gan=gan_config, critic_steps=4)
+    card = training.train(config)
+    assert card["critic_steps"] == 4 and 2.7 <= card["epsilon"] <= 3.0
+    _, gan, _ = run.restore(config.workdir)
+    assert max(np.abs(v.numpy()).max() for v in gan.critic.trainable_variables) > 0.01
