@@ -114,3 +114,20 @@ def test_unknown_unit_is_refused(patient_config):
         training.train(dataclasses.replace(patient_config, privacy_unit="slice",
                                         workdir=patient_config.workdir + "_bad"))
     assert not os.path.exists(patient_config.workdir + "_bad")
+
+
+def test_card_quotes_tf_privacy_with_the_same_epsilon():
+    """PRIVACY.md carries TF Privacy's own statement; its Poisson ε equals the card's."""
+    import re
+    for accountant in ("rdp", "pld"):
+        plan = privacy_card.make_plan(num_records=9000, expected_batch_size=64,
+                                      critic_steps=300, epsilon=3.0, accountant=accountant)
+        card = privacy_card.make_card(
+            private=True, noise_multiplier=plan.noise_multiplier, l2_norm_clip=1.0,
+            expected_batch_size=64, num_records=9000, critic_steps=plan.critic_steps,
+            delta=plan.delta, accountant=accountant, target_epsilon=3.0)
+        text = privacy_card.render_markdown(card)
+        assert "compute_dp_sgd_privacy_statement" in text
+        quoted = float(re.search(r"Poisson sampling \(\*\):\s+([0-9.]+)", text).group(1))
+        assert quoted == pytest.approx(card["epsilon"], abs=2e-3)
+        assert f"{plan.critic_steps * 64 / 9000:.4f}"[:5] in text   # epochs as TF Privacy counts

@@ -15,12 +15,14 @@ import dataclasses
 import math
 from typing import Optional
 
+from tensorflow_privacy.privacy.analysis import compute_dp_sgd_privacy_lib
+
 import tfdpgan
 from tfdpgan import atomic, errors, workdir
 from tfdpgan.dp import accounting
 
 __all__ = ["UNITS", "PLURAL", "Plan", "make_plan", "count_records", "make_card", "plan_card",
-           "render_markdown", "write_card"]
+           "render_markdown", "write_card", "tf_privacy_statement"]
 
 UNITS = ("patch", "patient")
 PLURAL = {"patch": "patches", "patient": "patients"}
@@ -131,7 +133,29 @@ def render_markdown(card: dict) -> str:
             "institution that holds the data.", ""]
     else:
         lines += _guarantee_lines(card) + _patient_meaning_lines(card)
-    return "\n".join(lines + _prior_lines(card) + _scope_lines(card)) + "\n"
+    lines += _prior_lines(card) + _scope_lines(card)
+    if card["private"]:
+        lines += ["", "## The same figure from TF Privacy", "",
+                  "TF Privacy's own `compute_dp_sgd_privacy_statement` for this run's settings "
+                  f"(records = {PLURAL[card['privacy_unit']]}; tfdpgan clips each record on "
+                  "its own, i.e. no microbatching in TF Privacy's sense):", "", "```",
+                  tf_privacy_statement(card).rstrip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def tf_privacy_statement(card: dict) -> str:
+    """TF Privacy's compute_dp_sgd_privacy_statement for the card's N, expected batch, steps,
+    σ, δ and accountant, so a reader can check ε with the tool they know. Its "Poisson
+    sampling" line is the one that applies (tfdpgan samples Poisson)."""
+    n, batch, steps = card["num_records"], card["expected_batch_size"], card["critic_steps"]
+    epochs = steps * batch / n
+    while epochs > 0 and math.ceil(epochs * n / batch) > steps:  # TF Privacy's step count
+        epochs = math.nextafter(epochs, 0.0)
+    accountant = compute_dp_sgd_privacy_lib.AccountantType[card["accountant"].upper()]
+    return compute_dp_sgd_privacy_lib.compute_dp_sgd_privacy_statement(
+        number_of_examples=n, batch_size=int(round(batch)), num_epochs=epochs,
+        noise_multiplier=card["noise_multiplier"], delta=card["delta"],
+        used_microbatching=False, accountant_type=accountant)
 
 
 def _prior_lines(card: dict) -> list:
