@@ -20,8 +20,8 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tfdpgan import atomic
-from tfdpgan.leakage import audit  # pylint: disable=g-import-not-at-top
+from tfdpgan import atomic, cli, errors, workdir  # pylint: disable=g-import-not-at-top
+from tfdpgan.leakage import audit, report  # pylint: disable=g-import-not-at-top
 
 flags.DEFINE_list("workdirs", ["runs/epsinf", "runs/eps3"],
                   "Training workdirs to audit (e.g. the ε = ∞ run first, then ε = 3).")
@@ -125,8 +125,8 @@ def _table(results, seconds):
 def main(argv):
     del argv
     results, seconds = [], []
-    for workdir in FLAGS.workdirs:
-        path = os.path.join(workdir, audit.AUDIT_DIR, audit.AUDIT_JSON)
+    for run_dir in FLAGS.workdirs:
+        path = os.path.join(workdir.path(run_dir, workdir.AUDIT), report.AUDIT_JSON)
         start = time.time()
         if FLAGS.reuse and os.path.isfile(path):
             with open(path) as f:
@@ -134,11 +134,10 @@ def main(argv):
         else:
             try:
                 result = audit.audit_workdir(audit.AuditConfig(
-                    workdir=workdir, num_synthetic=FLAGS.num_synthetic,
+                    workdir=run_dir, num_synthetic=FLAGS.num_synthetic,
                     max_patches=FLAGS.max_patches, seed=FLAGS.seed, overwrite=True))
-            except (ValueError, FileNotFoundError, FileExistsError) as e:
-                print(f"error: {e}", file=sys.stderr)
-                sys.exit(2)
+            except errors.TfdpganError as e:   # bad input; anything else is a bug
+                cli.fail(str(e))
         results.append(result)
         seconds.append(result.get("seconds") or time.time() - start)
     text = _table(results, seconds)
