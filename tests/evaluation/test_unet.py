@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 from scipy import ndimage
 
+from eval_fixtures import hard_pairs
 from tfdpgan.evaluation import unet
 
 # Tiny, quickly learnable settings: label = bright blobs of smooth noise.
@@ -50,6 +51,56 @@ def test_parameter_count_of_the_half_unet():
 def test_dropout_adds_no_parameters():
     assert (unet.build_unet(None, 4, 2, dropout=0.5).count_params()
             == unet.build_unet(None, 4, 2).count_params())
+
+
+def test_output_bias_sets_the_initial_prediction():
+    bias = unet.prior_bias(0.05)
+    assert bias == pytest.approx(np.log(0.05 / 0.95))
+    model = unet.build_unet(None, 4, 2, output_bias=bias)
+    prob = model(np.zeros((1, 16, 16, 1), np.float32)).numpy()
+    assert np.allclose(prob, 0.05, atol=1e-6)   # zero image: all activations 0 but the bias
+    assert unet.prior_bias(0.0) == unet.prior_bias(1e-3) and unet.prior_bias(0.9) == 0.0
+    assert unet.label_prior(np.array([[[0, 1], [0, 0]]], np.uint8)) == 0.25
+
+
+def test_dice_bce_loss_has_a_gradient_where_soft_dice_flattens():
+    label = np.zeros((1, 8, 8, 1), np.float32)
+    label[0, 2, 2] = 1.0
+    empty = tf.Variable(np.full((1, 8, 8, 1), 1e-4, np.float32))
+    grads = {}
+    for name, loss in (("dice", unet.soft_dice_loss), ("dice_bce", unet.dice_bce_loss)):
+        with tf.GradientTape() as tape:
+            value = loss(tf.constant(label), empty)
+        grads[name] = float(tf.reduce_max(tf.abs(tape.gradient(value, empty))))
+    assert grads["dice_bce"] > 100 * grads["dice"]
+    assert float(unet.dice_bce_loss(label, label)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_collapse_detector():
+    stuck, falling = [1.01, 1.009, 1.008], [1.01, 0.9, 0.8]
+    assert unet.is_collapsed(stuck, [0.0, 0.0, 0.0], [0, 0, 0], patience=2)
+    assert not unet.is_collapsed(falling, [0.0, 0.0, 0.0], [0, 0, 0], patience=2)  # learning
+    assert not unet.is_collapsed(stuck, [0.0, 0.0, 0.1], [0, 0, 0], patience=2)    # val Dice
+    assert not unet.is_collapsed(stuck, [0.0, 0.0, 0.0], [0, 0, 5], patience=2)    # predicts
+    assert not unet.is_collapsed(stuck[:2], [0.0, 0.0], [0, 0], patience=2)        # too early
+
+
+def test_collapse_is_detected_and_restarted_on_hard_pairs():
+    """Very sparse, noisy labels: the first attempt (prior bias: predicts the base rate, i.e.
+    nothing) sits at the empty prediction; the detector fires and the restart (class-balanced
+    cross-entropy) ends with a model that predicts vessels."""
+    train, val = hard_pairs(256, 16, 0), hard_pairs(64, 16, 1)
+    config = unet.UNetConfig(base_filters=4, depth=2, learning_rate=3e-3, batch_size=16,
+                             epochs=6, steps_per_epoch=10)
+    model, history = unet.train_unet(train, val, config)
+    first = history["attempts"][0]
+    assert first["collapsed"] and max(first["probe_positives"]) == 0
+    assert history["restarts"] >= 1 and not history["collapsed"]
+    assert history["attempts"][1]["settings"]["learning_rate"] == pytest.approx(1.5e-3)
+    assert history["attempts"][1]["settings"]["pos_weight"] > 10
+    predicted = model(train[0][:64, ..., None], training=False).numpy() > 0.5
+    assert predicted.any()
+    assert history["best_val_dice"] > 0.0
 
 
 def test_soft_dice_loss():
@@ -102,7 +153,7 @@ def test_keeps_the_weights_of_the_best_validation_epoch():
 
 
 def test_grid_selects_by_validation_dice():
-    frozen = dataclasses.replace(TINY, learning_rate=0.0, epochs=1)
+    frozen = dataclasses.replace(TINY, learning_rate=0.0, epochs=1, max_restarts=0)
     learning = dataclasses.replace(TINY, epochs=3, augment=True)
     model, config, results = unet.train_unet_grid(_blobs(256, 16, 0), _blobs(64, 16, 1),
                                                   [frozen, learning])

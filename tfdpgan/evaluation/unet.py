@@ -6,11 +6,25 @@ at base 32, depth 4), each level two 3x3 conv + ReLU ("same" padding, dropout be
 convolutions), up-sampling (nearest, no up-convolution) + concatenation with the skip
 connection on the way up, and a 1x1 conv + sigmoid. No batch normalisation.
 
-Training: Adam on the soft-Dice loss; the weights kept are those of the epoch with the best
-Dice on the VALIDATION patches. Test volumes are never an input here.
+Training (train_unet): Adam on soft Dice + binary cross-entropy (``loss="dice_bce"``, the
+default; ``"dice"`` is the former soft-Dice-only loss). The output bias starts at the logit of
+the label prior (the share of vessel pixels in the training labels), so the first predictions
+are the base rate instead of 0.5 everywhere. The weights kept are those of the epoch with the
+best Dice on the VALIDATION set; test volumes are never an input here.
+
+Collapse (a U-Net trained on synthetic pairs falling into the empty-prediction state, soft
+Dice stuck near 1; seen with ε = 3 generators at the default learning rate) is detected and
+answered with a restart: a model is *collapsed* when it predicts no vessel pixel (probability
+> threshold) on a fixed probe of training patches AND scores validation Dice 0, either for
+``collapse_patience`` epochs while its loss has stopped falling (< 1 % over those epochs), or at
+the end of training (the selected epoch). A collapsed attempt is discarded and training
+restarts from a fresh initialisation (another seed), with the learning rate halved and the
+cross-entropy class-balanced (positive weight (1 - p) / p for label prior p, output bias 0),
+at most ``max_restarts`` times. ``history`` records every attempt.
 """
 import dataclasses
 import time
+import math
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -22,10 +36,21 @@ Arrays = Tuple[np.ndarray, np.ndarray]   # images [N, P, P] (normalised), labels
 # patients, see evaluate.py). It must not look at test data.
 Scorer = Callable[[tf.keras.Model], float]
 
+__all__ = ["Arrays", "Scorer", "LOSSES", "UNetConfig", "build_unet", "soft_dice_loss",
+           "dice_bce_loss", "label_prior", "prior_bias", "patch_dataset", "dataset_dice",
+           "is_collapsed", "train_unet", "train_unet_grid"]
+
+LOSSES = ("dice_bce", "dice")
+PROBE_PATCHES = 256          # training patches predicted after every epoch (collapse check)
+STUCK_TOLERANCE = 0.01       # relative loss decrease below which the loss counts as stuck
+
 
 def build_unet(patch_size: Optional[int] = None, base_filters: int = 32, depth: int = 4,
-               dropout: float = 0.0) -> tf.keras.Model:
+               dropout: float = 0.0, output_bias: float = 0.0) -> tf.keras.Model:
     """Image [B, H, W, 1] in [-1, 1] -> vessel probability [B, H, W, 1].
+
+    ``output_bias`` initialises the bias of the final 1x1 convolution (the logit of the
+    probability predicted before training; prior_bias of the label prior).
 
     With ``patch_size`` None the model is fully convolutional ([None, None, None, 1]); any
     H, W divisible by 2**depth work (e.g. whole slices).
@@ -50,7 +75,8 @@ def build_unet(patch_size: Optional[int] = None, base_filters: int = 32, depth: 
     for level in reversed(range(depth)):
         x = layers.Concatenate()([layers.UpSampling2D(2)(x), skips[level]])
         x = block(x, base_filters * 2**level)
-    prob = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="prob")(x)
+    prob = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="prob",
+                         bias_initializer=tf.keras.initializers.Constant(output_bias))(x)
     return tf.keras.Model(image, prob, name="unet")
 
 
@@ -60,6 +86,35 @@ def soft_dice_loss(y_true: tf.Tensor, y_pred: tf.Tensor, smooth: float = 1.0) ->
     intersection = tf.reduce_sum(y_true * y_pred)
     return 1.0 - (2.0 * intersection + smooth) / (
         tf.reduce_sum(y_true) + tf.reduce_sum(y_pred) + smooth)
+
+
+def dice_bce_loss(y_true: tf.Tensor, y_pred: tf.Tensor, pos_weight: float = 1.0) -> tf.Tensor:
+    """soft_dice_loss + pixel-mean binary cross-entropy (positives weighted by ``pos_weight``).
+
+    The cross-entropy keeps a gradient when the prediction is empty everywhere, where soft
+    Dice alone flattens (its collapse state)."""
+    y_true = tf.cast(y_true, y_pred.dtype)
+    p = tf.clip_by_value(y_pred, 1e-7, 1.0 - 1e-7)
+    bce = -tf.reduce_mean(pos_weight * y_true * tf.math.log(p)
+                          + (1.0 - y_true) * tf.math.log(1.0 - p))
+    return soft_dice_loss(y_true, y_pred) + bce
+
+
+def label_prior(labels) -> float:
+    """Share of vessel pixels (label > 0) in ``labels`` [N, P, P] (memory-mapped is fine)."""
+    labels = np.asarray(labels)
+    total = positive = 0
+    for start in range(0, len(labels), 1024):
+        chunk = np.asarray(labels[start:start + 1024]) > 0
+        total, positive = total + chunk.size, positive + int(np.count_nonzero(chunk))
+    return positive / total if total else 0.0
+
+
+def prior_bias(prior: float) -> float:
+    """The logit of ``prior`` (clipped to [1e-3, 0.5]): the output bias that makes the untrained
+    U-Net predict the base rate."""
+    p = min(max(prior, 1e-3), 0.5)
+    return math.log(p / (1.0 - p))
 
 
 def _dihedral(image: tf.Tensor, label: tf.Tensor, bits: tf.Tensor):
@@ -128,6 +183,9 @@ class UNetConfig:
     steps_per_epoch: Optional[int] = None   # None: one pass over the training data
     threshold: float = 0.5            # on the probability, for the validation Dice
     seed: int = 0
+    loss: str = "dice_bce"            # LOSSES; restarts after a collapse always use dice_bce
+    max_restarts: int = 2             # re-initialisations after a detected collapse
+    collapse_patience: int = 2        # epochs empty + stuck before restarting early
 
 
 def dataset_dice(model: tf.keras.Model, dataset: tf.data.Dataset,
@@ -140,6 +198,20 @@ def dataset_dice(model: tf.keras.Model, dataset: tf.data.Dataset,
         overlap += np.count_nonzero(pred & label)
         both += np.count_nonzero(pred) + np.count_nonzero(label)
     return 1.0 if both == 0 else 2.0 * overlap / both
+
+
+def is_collapsed(losses: Sequence[float], val_dice: Sequence[float],
+                 probe_positives: Sequence[int], patience: int) -> bool:
+    """Early collapse test after an epoch: for the last ``patience`` epochs the model predicted
+    no vessel pixel on the probe patches and scored validation Dice 0, and its loss fell by less
+    than STUCK_TOLERANCE (relative) over them."""
+    if patience < 1 or len(losses) <= patience:
+        return False
+    empty = (all(d <= 0.0 for d in val_dice[-patience:])
+             and all(p == 0 for p in probe_positives[-patience:]))
+    before = losses[-patience - 1]
+    stuck = min(losses[-patience:]) > before - STUCK_TOLERANCE * abs(before)
+    return empty and stuck
 
 
 def _as_dataset(data, config: UNetConfig, training: bool) -> tf.data.Dataset:
@@ -156,32 +228,58 @@ def _validation_score(model: tf.keras.Model, val, config: UNetConfig) -> float:
     return dataset_dice(model, val, config.threshold)
 
 
-def train_unet(train: Union[tf.data.Dataset, Arrays],
-               val: Union[tf.data.Dataset, Arrays, Scorer],
-               config: UNetConfig = UNetConfig()) -> Tuple[tf.keras.Model, dict]:
-    """Train a U-Net; returns (model with the best-validation-Dice weights, history).
+def _probe_and_prior(train) -> Tuple[np.ndarray, float]:
+    """(probe images [<= PROBE_PATCHES, P, P, 1], label prior) of the training data: evenly
+    spaced patches of arrays, or the first batches of a dataset."""
+    if isinstance(train, tf.data.Dataset):
+        images, labels, n = [], [], 0
+        for image, label in train:
+            images.append(image.numpy())
+            labels.append(label.numpy())
+            n += len(images[-1])
+            if n >= PROBE_PATCHES:
+                break
+        images, labels = np.concatenate(images), np.concatenate(labels)
+        return images[:PROBE_PATCHES], float(np.mean(labels > 0))
+    images, labels = train
+    pick = np.unique(np.linspace(0, len(images) - 1, min(PROBE_PATCHES, len(images))).astype(int))
+    return np.asarray(images[pick], np.float32)[..., None], label_prior(labels)
 
-    ``train``/``val``: finite datasets of (image, label) [B, P, P, 1] batches, or (images,
-    labels) arrays turned into such with patch_dataset (config.batch_size, config.augment;
-    only train is shuffled/augmented). ``val`` may also be a Scorer (model -> Dice, e.g. of
-    whole validation volumes), called after every epoch. Model selection uses ``val`` only,
-    never test data.
-    Sets the global random seeds (tf.keras.utils.set_random_seed) to config.seed.
-    history: per-epoch ``loss`` (mean training soft-Dice loss) and ``val_dice``, plus
-    ``best_epoch`` (0-based argmax of val_dice; the first on ties) and ``best_val_dice``.
-    """
-    if config.epochs < 1:
-        raise ValueError(f"epochs must be positive, got {config.epochs}")
-    tf.keras.utils.set_random_seed(config.seed)
-    train_ds = _as_dataset(train, config, True)
-    val_ds = val if callable(val) else _as_dataset(val, config, False)
-    model = build_unet(None, config.base_filters, config.depth, config.dropout)
-    optimizer = tf.keras.optimizers.Adam(config.learning_rate)
+
+def _positives(model: tf.keras.Model, probe: np.ndarray, threshold: float) -> int:
+    count = 0
+    for start in range(0, len(probe), 64):
+        prob = model(probe[start:start + 64], training=False).numpy()
+        count += int(np.count_nonzero(prob > threshold))
+    return count
+
+
+def _attempt_settings(config: UNetConfig, attempt: int, prior: float) -> dict:
+    """Seed, learning rate, loss, output bias and positive weight of attempt 0, 1, ..."""
+    if attempt == 0:
+        dice_bce = config.loss == "dice_bce"
+        return {"seed": config.seed, "learning_rate": config.learning_rate, "loss": config.loss,
+                "output_bias": prior_bias(prior) if dice_bce else 0.0, "pos_weight": 1.0}
+    balanced = (1.0 - prior) / prior if prior > 0 else 1.0
+    return {"seed": config.seed + 1000 * attempt,
+            "learning_rate": config.learning_rate * 0.5 ** attempt, "loss": "dice_bce",
+            "output_bias": 0.0, "pos_weight": float(min(max(balanced, 1.0), 100.0))}
+
+
+def _train_attempt(train_ds, val_ds, config: UNetConfig, settings: dict, probe) -> dict:
+    """One training from a fresh initialisation; stops early on a collapse (is_collapsed)."""
+    tf.keras.utils.set_random_seed(settings["seed"])
+    model = build_unet(None, config.base_filters, config.depth, config.dropout,
+                       settings["output_bias"])
+    optimizer = tf.keras.optimizers.Adam(settings["learning_rate"])
+    pos_weight = settings["pos_weight"]
+    loss_fn = (soft_dice_loss if settings["loss"] == "dice"
+               else lambda y, p: dice_bce_loss(y, p, pos_weight))
 
     @tf.function
     def step(image, label):
         with tf.GradientTape() as tape:
-            loss = soft_dice_loss(label, model(image, training=True))
+            loss = loss_fn(label, model(image, training=True))
         optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
                                       model.trainable_variables))
         return loss
@@ -191,34 +289,85 @@ def train_unet(train: Union[tf.data.Dataset, Arrays],
         epoch_batches = lambda: (next(batches) for _ in range(config.steps_per_epoch))
     else:
         epoch_batches = lambda: train_ds
-    history = {"loss": [], "val_dice": [], "best_epoch": -1, "best_val_dice": -1.0}
-    best_weights, start = None, time.time()
+    h = {"settings": settings, "loss": [], "val_dice": [], "probe_positives": [],
+         "best_epoch": -1, "best_val_dice": -1.0, "collapsed": False, "best_weights": None}
+    best_positives, start = 0, time.time()
     for epoch in range(config.epochs):
         losses = [float(step(image, label)) for image, label in epoch_batches()]
-        val_dice = _validation_score(model, val_ds, config)
-        history["loss"].append(float(np.mean(losses)))
-        history["val_dice"].append(val_dice)
-        if val_dice > history["best_val_dice"]:
-            history["best_epoch"], history["best_val_dice"] = epoch, val_dice
-            best_weights = model.get_weights()
+        h["loss"].append(float(np.mean(losses)))
+        h["val_dice"].append(_validation_score(model, val_ds, config))
+        h["probe_positives"].append(_positives(model, probe, config.threshold))
+        if h["val_dice"][-1] > h["best_val_dice"]:
+            h["best_epoch"], h["best_val_dice"] = epoch, h["val_dice"][-1]
+            h["best_weights"], best_positives = model.get_weights(), h["probe_positives"][-1]
         logging.info("U-Net epoch %d/%d: loss %.4f, val Dice %.4f (best %.4f at epoch %d), "
-                     "%.0f s", epoch + 1, config.epochs, history["loss"][-1], val_dice,
-                     history["best_val_dice"], history["best_epoch"] + 1, time.time() - start)
-    model.set_weights(best_weights)
-    return model, history
+                     "%d probe pixels predicted, %.0f s", epoch + 1, config.epochs,
+                     h["loss"][-1], h["val_dice"][-1], h["best_val_dice"], h["best_epoch"] + 1,
+                     h["probe_positives"][-1], time.time() - start)
+        if is_collapsed(h["loss"], h["val_dice"], h["probe_positives"], config.collapse_patience):
+            h["collapsed"] = True
+            break
+    # The selected epoch predicts nothing anywhere: collapsed as well.
+    h["collapsed"] = h["collapsed"] or (h["best_val_dice"] <= 0.0 and best_positives == 0)
+    model.set_weights(h["best_weights"])
+    return dict(h, model=model)
+
+
+def train_unet(train: Union[tf.data.Dataset, Arrays],
+               val: Union[tf.data.Dataset, Arrays, Scorer],
+               config: UNetConfig = UNetConfig()) -> Tuple[tf.keras.Model, dict]:
+    """Train a U-Net; returns (model with the best-validation-Dice weights, history).
+
+    ``train``/``val``: finite datasets of (image, label) [B, P, P, 1] batches, or (images,
+    labels) arrays turned into such with patch_dataset (config.batch_size, config.augment;
+    only train is shuffled/augmented). ``val`` may also be a Scorer (model -> Dice, e.g. of
+    whole validation volumes), called after every epoch. Model selection uses ``val`` only,
+    never test data. Sets the global random seeds (tf.keras.utils.set_random_seed).
+    A collapsed attempt (module docstring) is restarted up to ``config.max_restarts`` times.
+    history (of the last attempt): per-epoch ``loss`` (mean training loss) and ``val_dice``,
+    ``best_epoch`` (0-based argmax of val_dice; the first on ties), ``best_val_dice``; plus
+    ``label_prior``, ``restarts``, ``collapsed`` (the returned model still is) and
+    ``attempts`` (per attempt: settings, loss, val_dice, probe_positives, collapsed).
+    """
+    if config.epochs < 1:
+        raise ValueError(f"epochs must be positive, got {config.epochs}")
+    if config.loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {config.loss!r}")
+    tf.keras.utils.set_random_seed(config.seed)
+    train_ds = _as_dataset(train, config, True)
+    val_ds = val if callable(val) else _as_dataset(val, config, False)
+    probe, prior = _probe_and_prior(train)
+    attempts = []
+    for attempt in range(config.max_restarts + 1):
+        result = _train_attempt(train_ds, val_ds, config,
+                                _attempt_settings(config, attempt, prior), probe)
+        attempts.append({k: result[k] for k in ("settings", "loss", "val_dice",
+                                                "probe_positives", "collapsed")})
+        if not result["collapsed"]:
+            break
+        logging.warning("U-Net collapsed (empty prediction, loss %.4f) in attempt %d%s",
+                        result["loss"][-1], attempt + 1,
+                        "; restarting" if attempt < config.max_restarts else "; giving up")
+    history = {k: result[k] for k in ("loss", "val_dice", "best_epoch", "best_val_dice",
+                                      "collapsed")}
+    history.update(label_prior=prior, restarts=len(attempts) - 1, attempts=attempts)
+    return result["model"], history
 
 
 def train_unet_grid(train: Union[tf.data.Dataset, Arrays],
                     val: Union[tf.data.Dataset, Arrays, Scorer],
                     configs: Sequence[UNetConfig]) -> Tuple[tf.keras.Model, UNetConfig, List]:
     """Train every config (e.g. a grid over learning rate, dropout, augmentation) and pick the
-    one with the best validation Dice; returns (model, config, [(config, history), ...])."""
+    one with the best validation Dice among those that did not end collapsed (all of them if
+    every one did); returns (model, config, [(config, history), ...])."""
     results, best = [], None
     for config in configs:
         model, history = train_unet(train, val, config)
         results.append((config, history))
-        logging.info("U-Net grid %d/%d %s: best val Dice %.4f", len(results), len(configs),
-                     config, history["best_val_dice"])
-        if best is None or history["best_val_dice"] > best[2]:
-            best = (model, config, history["best_val_dice"])
+        logging.info("U-Net grid %d/%d %s: best val Dice %.4f%s", len(results), len(configs),
+                     config, history["best_val_dice"],
+                     " (collapsed)" if history["collapsed"] else "")
+        rank = (not history["collapsed"], history["best_val_dice"])
+        if best is None or rank > best[2]:
+            best = (model, config, rank)
     return best[0], best[1], results

@@ -67,7 +67,7 @@ class InceptionNetwork(Network):
         self._build_all()
         unused = {k.rsplit(".", 1)[0] for k in arrays if k.endswith(".weight")} - self._used
         if unused:
-            raise ValueError(f"weights of layers the network does not use: {sorted(unused)}")
+            raise errors.InputDataError(f"weights of layers the network does not use: {sorted(unused)}")
         self._forward = tf.function(
             self._run, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
 
@@ -75,7 +75,7 @@ class InceptionNetwork(Network):
     def _conv_params(self, path):
         a = self._arrays
         if f"{path}.weight" not in a:
-            raise ValueError(f"weights file has no layer {path}")
+            raise errors.InputDataError(f"weights file has no layer {path}")
         scale = 1.0 / np.sqrt(a[f"{path}.var"].astype(np.float64) + BN_EPSILON)
         kernel = a[f"{path}.weight"].astype(np.float64) * scale[:, None, None, None]
         bias = a[f"{path}.beta"].astype(np.float64) - a[f"{path}.mean"] * scale

@@ -68,7 +68,7 @@ class _StorageType:
 
 def rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
                        backward_hooks=None, metadata=None):
-    """``torch._utils.rebuild_tensor_v2`` for a numpy storage: a strided view, copied."""
+    """``torch._utils._rebuild_tensor_v2`` for a numpy storage: a strided view, copied."""
     size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
     if len(size) != len(stride):
         raise pickle.UnpicklingError(f"tensor size {size} and stride {stride} disagree")
@@ -97,7 +97,7 @@ class _TorchScriptUnpickler(pickle.Unpickler):
         self._classes: Dict[str, type] = {}
 
     def find_class(self, module, name):
-        if (module, name) == ("torch._utils", "rebuild_tensor_v2"):
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
             return rebuild_tensor_v2
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
