@@ -1,0 +1,219 @@
+"""What the synthetic pairs are worth, privacy level by privacy level, side by side.
+
+  python benchmarks/utility.py                      # ~2 h on a 2-core CPU; resumable per row
+  python benchmarks/utility.py --quick --out_dir=/tmp/u   # minutes: every code path, tiny sizes
+
+Rows, all scored on the SAME held-out whole test volumes (the private site's test patients):
+  real        the U-Net trained on the private site's real training patches (upper bound)
+  threshold   a global intensity threshold chosen on the private site's validation volumes
+  prior       the public prior alone (ε = 0: trained without DP on the PUBLIC phantom site,
+              never saw the private site), so nobody credits DP fine-tuning with what it knew
+  eps_inf, eps_10, eps_3, eps_1   per-patch DP fine-tuning of the prior on the private site
+  patient_3   per-patient ε = 3 on a larger private cohort (same recipe, same prior)
+The private "site" is a phantom data set whose preset (scanner/site) differs from the public
+one when presets are available (--public_preset / --private_preset); U-Net selection is the
+evaluation's default (held-out synthetic patches, privacy-free).
+
+Each row: DSC ± SD, HD95 ± SD (mm), FID and its real floor, noise multiplier, critic steps,
+wall time. Every finished training (privacy.json + generator) and every evaluation with the
+same settings is reused, so an interrupted benchmark resumes where it stopped. The last lines
+print dsc_ratio_inf_over_real, dsc_ratio_eps3_over_inf, dsc_eps1_minus_threshold and
+fid_ratio_inf_over_floor. The table goes to benchmarks/results/utility.txt (--output).
+"""
+import dataclasses
+import math
+import os
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tfdpgan import atomic, train as train_command, workdir  # noqa: E402
+from tfdpgan.data import default_data  # noqa: E402
+from tfdpgan.evaluation import evaluate, report  # noqa: E402
+from tfdpgan.evaluation.config import EvalConfig  # noqa: E402
+from tfdpgan.gan import training  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+flags.DEFINE_string("out_dir", os.path.join("runs", "utility"), "Folder of the benchmark's runs.")
+flags.DEFINE_string("recipe", os.path.join(ROOT, "flags", "demo.cfg"),
+                    "Train flagfile of the private rows (epsilon/workdir/data are replaced).")
+flags.DEFINE_string("prior_recipe", os.path.join(ROOT, "flags", "pretrain_phantom.cfg"),
+                    "Train flagfile of the public prior (non-private).")
+flags.DEFINE_string("public_preset", None, "Phantom preset of the public prior's site.")
+flags.DEFINE_string("private_preset", None, "Phantom preset of the private site.")
+flags.DEFINE_list("epsilons", ["inf", "10", "3", "1"], "Per-patch rows.")
+flags.DEFINE_integer("patient_cohort", 200, "Private patients of the per-patient row.")
+flags.DEFINE_integer("patient_patches", 40, "Patches per patient of that cohort.")
+flags.DEFINE_integer("patient_batch", 32, "Expected patients per critic step (patient row).")
+flags.DEFINE_bool("patient_row", True, "Include the per-patient ε = 3 row.")
+flags.DEFINE_integer("num_synthetic", 4000, "Synthetic pairs per evaluation.")
+flags.DEFINE_integer("fid_samples", 1000, "Images per FID set (0 = no FID).")
+flags.DEFINE_bool("quick", False, "Tiny sizes (minutes): checks the benchmark, not utility.")
+flags.DEFINE_string("output", os.path.join(ROOT, "benchmarks", "results", "utility.txt"),
+                    "Where the table goes.")
+FLAGS = flags.FLAGS
+
+
+def _recipe(path: str):
+    """TrainConfig of a flagfile, parsed by the train command's own flags."""
+    fv = flags.FlagValues()
+    train_command.define_flags(fv)
+    fv(["train", f"--flagfile={path}"])
+    return train_command.config_from_flags(fv)
+
+
+def _phantom(preset, **changes):
+    config = default_data.PhantomDataConfig(**changes)
+    if preset:
+        config = dataclasses.replace(config, preset=preset)
+    return config
+
+
+def _quick(config):
+    """Tiny sizes for --quick: a few critic steps on a small phantom."""
+    if not FLAGS.quick:
+        return config
+    phantom = dataclasses.replace(config.phantom, num_patients=6, num_test=2,
+                                  patches_per_patient=60, patch_size=32)
+    return dataclasses.replace(config, phantom=phantom, critic_steps=20, batch_size=16,
+                               base_filters=4, summary_every=10, image_every=1000,
+                               checkpoint_every=10)
+
+
+def _train(config, name):
+    """Train (or resume, or reuse) one row's generator; returns (config, card, seconds)."""
+    config = dataclasses.replace(config, workdir=os.path.join(FLAGS.out_dir, name))
+    start = time.time()
+    if workdir.is_finished(config.workdir):
+        card = workdir.read_card(config.workdir)
+    else:
+        print(f"[{name}] training ...", flush=True)
+        card = training.train(config)
+    return config, card, time.time() - start
+
+
+def _evaluate(run_dir, test_nifti, **kwargs):
+    config = EvalConfig(workdir=run_dir, test_data=test_nifti,
+                        num_synthetic=200 if FLAGS.quick else FLAGS.num_synthetic,
+                        fid=FLAGS.fid_samples > 0 and not FLAGS.quick,
+                        fid_samples=max(FLAGS.fid_samples, 2), **kwargs)
+    if FLAGS.quick:
+        config = dataclasses.replace(config, unet=dataclasses.replace(
+            config.unet, base_filters=4, depth=2, epochs=1, steps_per_epoch=3))
+    start = time.time()
+    result = evaluate.evaluate(config, reuse=True)
+    return result, time.time() - start
+
+
+def _row(name, result, card=None, train_seconds=0.0, eval_seconds=0.0):
+    return {"row": name, "dsc_mean": result.get("dsc_mean"), "dsc_sd": result.get("dsc_sd"),
+            "hd95_mean_mm": result.get("hd95_mean_mm"), "hd95_sd_mm": result.get("hd95_sd_mm"),
+            "fid": result.get("fid"), "fid_real_floor": result.get("fid_real_floor"),
+            "epsilon": None if card is None else card.get("epsilon"),
+            "privacy_unit": None if card is None else card.get("privacy_unit"),
+            "noise_multiplier": None if card is None else card.get("noise_multiplier"),
+            "critic_steps": None if card is None else card.get("critic_steps"),
+            "seconds": round(train_seconds + eval_seconds)}
+
+
+def _cohort(private_phantom):
+    """The per-patient row's private cohort: another seed and more patients. Its held-out
+    test patients (ids after the cohort's, so no row trained on an id or a volume of them)
+    are THE test volumes of every row."""
+    cohort = dataclasses.replace(private_phantom, seed=2, num_patients=FLAGS.patient_cohort,
+                                 patches_per_patient=FLAGS.patient_patches)
+    if FLAGS.quick:
+        cohort = dataclasses.replace(cohort, num_patients=12, patches_per_patient=20)
+    return cohort
+
+
+def _rows():
+    recipe, prior_recipe = _recipe(FLAGS.recipe), _recipe(FLAGS.prior_recipe)
+    private_phantom = _phantom(FLAGS.private_preset, seed=1, patch_size=recipe.phantom.patch_size,
+                               patches_per_patient=recipe.phantom.patches_per_patient)
+    private_phantom = _quick(dataclasses.replace(recipe, phantom=private_phantom)).phantom
+    cohort = _cohort(private_phantom)
+    test_nifti = default_data.prepare(cohort)[0]     # THE test volumes of every row (imagesTs)
+    rows = []
+    prior_config = _quick(dataclasses.replace(prior_recipe, phantom=_phantom(
+        FLAGS.public_preset, seed=0, patch_size=recipe.phantom.patch_size,
+        patches_per_patient=recipe.phantom.patches_per_patient)))
+    prior_config, _, t = _train(prior_config, "prior")
+    result, e = _evaluate(prior_config.workdir, test_nifti)
+    rows.append(dict(_row("prior (public only, ε = 0)", result, None, t, e), epsilon=0.0))
+    for eps_text in FLAGS.epsilons:
+        config = dataclasses.replace(_quick(recipe), epsilon=float(eps_text),
+                                     phantom=private_phantom, init_from=prior_config.workdir)
+        config, card, t = _train(config, f"eps_{eps_text}")
+        first = eps_text == FLAGS.epsilons[0]
+        rec_dir = default_data.prepare(private_phantom)[1]
+        result, e = _evaluate(config.workdir, test_nifti, real_train=rec_dir if first else None,
+                              threshold_baseline=first)
+        rows.append(_row(f"ε = {eps_text} per patch", result, card, t, e))
+        for base, label in (("real_train", "U-Net on real patches (upper bound)"),
+                            ("threshold", "validation-chosen threshold")):
+            if first and base in result.get("baselines", {}):
+                rows.append(_row(label, result["baselines"][base]))
+    if FLAGS.patient_row:
+        config = dataclasses.replace(
+            _quick(recipe), epsilon=3.0, phantom=cohort, privacy_unit="patient",
+            patches_per_patient=8, batch_size=4 if FLAGS.quick else FLAGS.patient_batch,
+            init_from=prior_config.workdir)
+        config, card, t = _train(config, "patient_3")
+        result, e = _evaluate(config.workdir, test_nifti)
+        rows.append(_row("ε = 3 per patient", result, card, t, e))
+    return rows, test_nifti
+
+
+def _fmt(x, digits):
+    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else \
+        f"{x:.{digits}f}"
+
+
+def _table(rows, test_nifti):
+    lines = [f"Utility of synthetic pairs: U-Net trained only on each row's data, scored on "
+             f"the same whole test volumes ({test_nifti}); selection on held-out synthetic "
+             f"patches.", "",
+             f"{'row':38s} {'ε':>6s} {'σ':>6s} {'steps':>6s} {'DSC':>15s} {'HD95 mm':>13s} "
+             f"{'FID':>7s} {'floor':>6s} {'s':>6s}"]
+    for r in rows:
+        lines.append(
+            f"{r['row']:38s} {_fmt(r['epsilon'], 2):>6s} {_fmt(r['noise_multiplier'], 2):>6s} "
+            f"{(str(r['critic_steps']) if r['critic_steps'] else '-'):>6s} "
+            f"{report.format_mean_sd(r['dsc_mean'], r['dsc_sd'], 3):>15s} "
+            f"{report.format_mean_sd(r['hd95_mean_mm'], r['hd95_sd_mm'], 1):>13s} "
+            f"{_fmt(r['fid'], 1):>7s} {_fmt(r['fid_real_floor'], 1):>6s} {r['seconds']:>6d}")
+    by = {r["row"]: r for r in rows}
+
+    def dsc(name):
+        return (by.get(name) or {}).get("dsc_mean")
+
+    def ratio(a, b):
+        return None if a is None or not b else a / b
+
+    inf_row = by.get("ε = inf per patch") or {}
+    lines += ["",
+              f"dsc_ratio_inf_over_real {_fmt(ratio(dsc('ε = inf per patch'), dsc('U-Net on real patches (upper bound)')), 3)}",
+              f"dsc_ratio_eps3_over_inf {_fmt(ratio(dsc('ε = 3 per patch'), dsc('ε = inf per patch')), 3)}",
+              "dsc_eps1_minus_threshold " + _fmt(
+                  None if dsc("ε = 1 per patch") is None or dsc("validation-chosen threshold")
+                  is None else dsc("ε = 1 per patch") - dsc("validation-chosen threshold"), 3),
+              f"fid_ratio_inf_over_floor {_fmt(ratio(inf_row.get('fid'), inf_row.get('fid_real_floor')), 2)}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    del argv
+    start = time.time()
+    rows, test_nifti = _rows()
+    text = _table(rows, test_nifti) + f"total {time.time() - start:.0f} s\n"
+    print(text, end="")
+    os.makedirs(os.path.dirname(FLAGS.output), exist_ok=True)
+    atomic.write_text_atomic(FLAGS.output, text)
+    atomic.write_json_atomic(os.path.splitext(FLAGS.output)[0] + ".json", rows)
+
+
+if __name__ == "__main__":
+    app.run(main)
