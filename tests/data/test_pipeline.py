@@ -1,4 +1,6 @@
 """Input pipelines: streaming shuffle, Poisson sampling, patient-grouped sampling."""
+import os
+
 import numpy as np
 import pytest
 
@@ -112,3 +114,31 @@ def test_patient_grouped_pads_small_patients(arrays):
     assert len(batch["patient_index"]) == len(arrays.patient_ids)
     assert (batch["valid"].sum(1) == 60).all()
     assert (batch["image"][~batch["valid"]] == 0).all()
+
+
+def _copy_records(src, tmp_path):
+    import shutil
+    dst = str(tmp_path / "rec")
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_damaged_shard_is_named_never_skipped(patch_records, tmp_path, damage):
+    from tfdpgan import errors
+    rec = _copy_records(patch_records, tmp_path)
+    shard = records.shard_paths(rec, "train")[1]
+    data = open(shard, "rb").read()
+    with open(shard, "wb") as f:
+        f.write(data[:len(data) // 2] if damage == "truncate" else b"\x1f\x8bnot a shard" * 50)
+    with pytest.raises(errors.InputDataError) as info:
+        pipeline.load_arrays(rec, "train")
+    assert shard in str(info.value) and "shard" in str(info.value)
+
+
+def test_a_missing_shard_changes_n_and_is_refused(patch_records, tmp_path):
+    from tfdpgan import errors
+    rec = _copy_records(patch_records, tmp_path)
+    os.remove(records.shard_paths(rec, "train")[0])
+    with pytest.raises(errors.InputDataError, match="promises"):
+        pipeline.load_arrays(rec, "train")

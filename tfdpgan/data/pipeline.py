@@ -95,16 +95,21 @@ def load_arrays(rec_dir: str, split: str = "train",
     labels = np.empty((n, patch, patch), np.uint8)
     patient_index = np.empty((n,), np.int32)
     parse = records.make_parser(patch)
-    ds = tf.data.TFRecordDataset(records.shard_paths(rec_dir, split), records.COMPRESSION,
-                                 num_parallel_reads=AUTOTUNE)
-    ds = ds.batch(1024).map(parse, num_parallel_calls=AUTOTUNE).prefetch(2)
     pos = 0
-    for ex in ds.as_numpy_iterator():
-        b = len(ex["image"])
-        images[pos:pos + b] = ex["image"][..., 0]
-        labels[pos:pos + b] = ex["label"][..., 0]
-        patient_index[pos:pos + b] = [ids[p] for p in ex["patient_id"]]
-        pos += b
+    for path in records.shard_paths(rec_dir, split):
+        for ex in _read_shard(path, parse):
+            b = len(ex["image"])
+            if pos + b > n:
+                raise errors.InputDataError(f"{path}: the {split} shards hold more patches than "
+                                            f"the {n} dataset.json promises")
+            images[pos:pos + b] = ex["image"][..., 0]
+            labels[pos:pos + b] = ex["label"][..., 0]
+            unknown = set(ex["patient_id"]) - set(ids)
+            if unknown:
+                raise errors.InputDataError(f"{path}: patches of patients not listed for split "
+                                            f"{split!r} in dataset.json: {sorted(unknown)[:3]}")
+            patient_index[pos:pos + b] = [ids[p] for p in ex["patient_id"]]
+            pos += b
     if pos != n:
         raise errors.InputDataError(f"{rec_dir}: dataset.json promises {n} {split} patches, "
                          f"the shards hold {pos}")
@@ -113,6 +118,22 @@ def load_arrays(rec_dir: str, split: str = "train",
         _write_cache(arrays, folder)
         return _open_cached(folder)
     return arrays
+
+
+def _read_shard(path: str, parse):
+    """Parsed batches of one GZIP shard; a corrupted or truncated shard is an InputDataError
+    naming it (never a silent skip, which would change N and so the privacy accounting)."""
+    ds = tf.data.TFRecordDataset(path, records.COMPRESSION).batch(1024).map(parse)
+    iterator = ds.as_numpy_iterator()
+    while True:
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.OpError as e:
+            first = (e.message or type(e).__name__).splitlines()[0][:200]
+            raise errors.InputDataError(f"{path}: corrupted or truncated TFRecord shard "
+                                        f"({first})") from None
 
 
 def _write_cache(arrays: PatchArrays, folder: str):
