@@ -50,6 +50,6 @@ def run(main: Callable, define_flags: Callable = None):
         try:
             return main(argv)
         except errors.TfdpganError as e:
-            fail(str(e))
+            fail(str(e), e.exit_code)
 
     app.run(guarded)

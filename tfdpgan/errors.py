@@ -7,11 +7,13 @@ derives from the built-in exception that callers caught before these types exist
 """
 
 __all__ = ["TfdpganError", "InputDataError", "SettingsError", "WorkdirError",
-           "EvaluationError", "MissingFileError", "OutputExistsError"]
+           "EvaluationError", "MissingFileError", "OutputExistsError", "TrainingDiverged",
+           "Interrupted"]
 
 
 class TfdpganError(Exception):
     """Base of every error caused by the user's input, settings or files."""
+    exit_code = 2
 
 
 class InputDataError(TfdpganError, ValueError):
@@ -36,3 +38,15 @@ class MissingFileError(TfdpganError, FileNotFoundError):
 
 class OutputExistsError(TfdpganError, FileExistsError):
     """An output would overwrite something that exists and overwriting was not asked for."""
+
+
+class TrainingDiverged(TfdpganError):
+    """A loss or update became NaN/Inf; the last good checkpoint is kept."""
+
+
+class Interrupted(TfdpganError):
+    """SIGINT/SIGTERM: a checkpoint was written at the current step; rerun to resume."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum

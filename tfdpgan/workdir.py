@@ -5,7 +5,8 @@ A workdir holds one run:
   run.json         the run's settings and budget plan; a workdir refuses other settings
   privacy.json     the privacy card (machine-readable; keys in ../shared/DESIGN.md)
   PRIVACY.md       the privacy card in plain words
-  checkpoints/     networks, optimizers, critic-step ledger and the SECRET sampling seed
+  checkpoints/     networks, optimizers, critic-step ledger and the SECRET sampling seed;
+                   ledger.json counts critic steps run but discarded (divergence rollback)
   generator/       the exported generator SavedModel (card in assets.extra/)
   samples.png      a grid of generated pairs
   eval/            tfdpgan.evaluate's report;  audit/  tfdpgan.audit's measurements
@@ -17,8 +18,8 @@ import os
 from tfdpgan import errors
 
 __all__ = ["FLAGS_TXT", "RUN_JSON", "PRIVACY_JSON", "PRIVACY_MD", "CHECKPOINTS", "GENERATOR",
-           "SAMPLES_PNG", "EVAL", "AUDIT", "ASSETS_EXTRA", "NORMALIZATION_JSON", "path",
-           "read_json", "read_run", "read_card", "has_run", "is_finished",
+           "SAMPLES_PNG", "EVAL", "AUDIT", "LEDGER_JSON", "ASSETS_EXTRA", "NORMALIZATION_JSON",
+           "path", "read_json", "read_run", "read_card", "has_run", "is_finished",
            "generator_card_path"]
 
 FLAGS_TXT = "flags.txt"
@@ -26,6 +27,7 @@ RUN_JSON = "run.json"
 PRIVACY_JSON = "privacy.json"
 PRIVACY_MD = "PRIVACY.md"
 CHECKPOINTS = "checkpoints"
+LEDGER_JSON = "ledger.json"      # inside checkpoints/: critic steps discarded by a rollback
 GENERATOR = "generator"
 SAMPLES_PNG = "samples.png"
 EVAL = "eval"

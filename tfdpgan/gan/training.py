@@ -9,9 +9,12 @@ never runs more steps than the budget allows, and privacy.json is computed from 
 actually run. The privacy ledger (critic steps taken) is part of the checkpoint, so a resumed
 run reports exactly what an uninterrupted one would.
 """
+import dataclasses
 import json
 import math
 import os
+import signal
+import threading
 import time
 
 import numpy as np
@@ -24,7 +27,7 @@ from tfdpgan.dp import accounting
 from tfdpgan.dp import card as privacy_card
 from tfdpgan.gan import export, run as run_lib, schedule as schedule_lib, wgan
 
-__all__ = ["train", "batches", "finish", "check_settings"]
+__all__ = ["train", "batches", "finish", "check_settings", "discarded_steps"]
 
 
 def check_settings(config: run_lib.TrainConfig):
@@ -89,6 +92,9 @@ def train(config: run_lib.TrainConfig, flags_text: str = "") -> dict:
                      config.init_from)
     writer = tf.summary.create_file_writer(run_dir)
     _log_plan(config, plan, writer)
+    # steps rolled back after a divergence were spent: the budget left shrinks by them
+    plan = dataclasses.replace(plan, critic_steps=max(
+        plan.critic_steps - discarded_steps(run_dir), int(step)))
     data = batches(config, arrays, plan, int(seed.numpy()), int(step))
     _loop(config, plan, gan, schedule, data, step, manager, writer)
     return finish(run_dir, gan, config, plan, int(step), info, writer, prior)
@@ -96,32 +102,86 @@ def train(config: run_lib.TrainConfig, flags_text: str = "") -> dict:
 
 def _loop(config, plan, gan, schedule, data, step, manager, writer):
     """One private critic update per batch, a generator step when the schedule says so,
-    logs and checkpoints; a final checkpoint at the last step."""
+    logs and checkpoints; a final checkpoint at the last step. SIGINT/SIGTERM: checkpoint
+    at the current step, then errors.Interrupted. A non-finite update or generator loss:
+    errors.TrainingDiverged, keeping the last good checkpoint (see _diverged)."""
     total, start, start_step = plan.critic_steps, time.time(), int(step)
     generator_metrics = {}
     rows_per_step = tf.constant(config.batch_size * run_lib.group_size(config), tf.int32)
-    for pairs, weight in data:
-        metrics = gan.critic_step(pairs, weight)
-        step.assign_add(1)
-        s = int(step)
-        if schedule.critic_stepped():
-            generator_metrics = gan.generator_step(rows_per_step)
-            accuracy = schedule.update(gan.fake_scores(rows_per_step))
-            generator_metrics = {**generator_metrics, "critic_accuracy_on_fakes": accuracy,
-                                 "n_critic": int(schedule.n)}
-        if s % config.summary_every == 0 or s == total:
-            metrics = {**metrics, **generator_metrics, **gan.critic_metrics(pairs)}
-            rate = (s - start_step) / max(time.time() - start, 1e-9)
-            _write_scalars(writer, s, metrics, config, plan, rate)
-            logging.info("critic step %d/%d  W %.4f  eps %.3f  %.2f steps/s  ~%.0f s left",
-                         s, total, float(metrics["wasserstein_estimate"]),
-                         _epsilon(config, plan, s), rate, (total - s) / max(rate, 1e-9))
-        if s % config.image_every == 0:
-            _write_images(writer, gan, s, config.num_samples_png)
-        if s % config.checkpoint_every == 0:
-            manager.save(checkpoint_number=s)
+    with _StopSignals() as stop:
+        for pairs, weight in data:
+            metrics = gan.critic_step(pairs, weight)
+            step.assign_add(1)
+            s = int(step)
+            if schedule.critic_stepped():
+                generator_metrics = gan.generator_step(rows_per_step)
+                accuracy = schedule.update(gan.fake_scores(rows_per_step))
+                generator_metrics = {**generator_metrics, "n_critic": int(schedule.n),
+                                     "critic_accuracy_on_fakes": accuracy}
+            if not all(math.isfinite(float(m[k])) for m, k in (
+                    (metrics, "update_norm"), (generator_metrics, "generator_loss")) if k in m):
+                _diverged(config, plan, manager, s)
+            if s % config.summary_every == 0 or s == total:
+                metrics = {**metrics, **generator_metrics, **gan.critic_metrics(pairs)}
+                rate = (s - start_step) / max(time.time() - start, 1e-9)
+                _write_scalars(writer, s, metrics, config, plan, rate)
+                logging.info("critic step %d/%d  W %.4f  eps %.3f  %.2f steps/s  ~%.0f s left",
+                             s, total, float(metrics["wasserstein_estimate"]),
+                             _epsilon(config, plan, s), rate, (total - s) / max(rate, 1e-9))
+            if s % config.image_every == 0:
+                _write_images(writer, gan, s, config.num_samples_png)
+            if s % config.checkpoint_every == 0 or stop.signum:
+                manager.save(checkpoint_number=s)
+            if stop.signum:
+                raise errors.Interrupted(
+                    f"stopped by {signal.Signals(stop.signum).name} at critic step {s}/{total}; "
+                    f"checkpoint saved; run the same command to resume", stop.signum)
     if manager.latest_checkpoint != os.path.join(manager.directory, f"ckpt-{int(step)}"):
         manager.save(checkpoint_number=int(step))
+
+
+class _StopSignals:
+    """Remembers SIGINT/SIGTERM during the loop (the loop stops at the next step boundary)."""
+
+    def __init__(self):
+        self.signum, self._previous = 0, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del frame
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def discarded_steps(run_dir: str) -> int:
+    """Critic steps that ran but were rolled back after a divergence (ledger.json); they are
+    spent privacy and are added to the steps of the card."""
+    path = os.path.join(run_dir, workdir.CHECKPOINTS, workdir.LEDGER_JSON)
+    return int(workdir.read_json(path, "the privacy ledger")["discarded_critic_steps"]) \
+        if os.path.isfile(path) else 0
+
+
+def _diverged(config, plan, manager, s):
+    """Record the steps after the last good checkpoint as spent, then stop."""
+    last = tf.train.get_checkpoint_state(manager.directory)
+    good = int(last.model_checkpoint_path.rsplit("-", 1)[1]) if last else 0
+    spent = discarded_steps(config.workdir) + (s - good)
+    atomic.write_json_atomic(os.path.join(manager.directory, workdir.LEDGER_JSON),
+                             {"discarded_critic_steps": spent})
+    raise errors.TrainingDiverged(
+        f"non-finite critic update or generator loss at critic step {s}: training stopped. "
+        f"The last good checkpoint (step {good}) is kept; the {s - good} steps after it count "
+        f"as spent privacy ({spent} discarded in all, ε so far "
+        f"{_epsilon(config, plan, good + spent):.3f}). Lower --critic_lr / "
+        f"--generator_lr in a new --workdir, or resume this one to retry.")
 
 
 def batches(config, arrays, plan, seed: int, start_step: int):
@@ -196,7 +256,8 @@ def finish(run_dir, gan, config, plan, steps_run, info, writer, prior=None) -> d
     card = privacy_card.make_card(
         private=config.private, noise_multiplier=plan.noise_multiplier,
         l2_norm_clip=config.l2_norm_clip, expected_batch_size=config.batch_size,
-        num_records=plan.num_records, critic_steps=steps_run, delta=plan.delta,
+        num_records=plan.num_records, critic_steps=steps_run + discarded_steps(run_dir),
+        delta=plan.delta,
         accountant=config.accountant,
         target_epsilon=config.epsilon if math.isfinite(config.epsilon) else None,
         privacy_unit=config.privacy_unit,
