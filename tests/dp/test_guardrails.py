@@ -57,3 +57,17 @@ def test_command_line_refuses_with_one_message(patch_records, tmp_path, flag):
     errors_printed = [l for l in done.stderr.splitlines() if l.startswith("error:")]
     assert len(errors_printed) == 1 and "Traceback" not in done.stderr
     assert not os.path.exists(workdir)
+
+
+def test_resuming_on_a_changed_data_folder_is_refused(patch_records, tmp_path):
+    import shutil
+    rec = str(tmp_path / "rec")
+    shutil.copytree(patch_records, rec)
+    config = run.TrainConfig(workdir=str(tmp_path / "w"), data=rec, epsilon=3.0,
+                             **dict(TINY, critic_steps=2))
+    training.train(config)
+    shard = run.records.shard_paths(rec, "train")[0]
+    os.remove(shard)
+    shutil.copyfile(run.records.shard_paths(rec, "train")[0], shard)   # other content/size
+    with pytest.raises(errors.WorkdirError, match="data set changed"):
+        training.train(config)

@@ -5,6 +5,7 @@ plan and the data folder, so a run can be rebuilt (networks from the latest chec
 resumed, re-exported or audited without its flags.
 """
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -18,6 +19,7 @@ from tfdpgan.dp import card as privacy_card
 from tfdpgan.gan import export, models, wgan
 
 __all__ = ["TrainConfig", "group_size", "build_wgan", "make_checkpoint", "run_record",
+           "data_fingerprint",
            "check_same_run", "config_from_run", "plan_from_run", "restore", "release_assets",
            "export_from_workdir", "init_from_prior", "describe_prior"]
 
@@ -90,11 +92,26 @@ def make_checkpoint(gan: wgan.WGAN, step: tf.Variable, seed: tf.Variable, schedu
                                critic_step=step, sampling_seed=seed, **extra)
 
 
+def data_fingerprint(rec_dir: str) -> str:
+    """SHA-256 over dataset.json and the training shards (names and bytes): a resumed run
+    refuses a data folder that changed (N, and so the accounting, depends on it)."""
+    digest = hashlib.sha256()
+    for path in [os.path.join(rec_dir, records.DATASET_JSON),
+                 *records.shard_paths(rec_dir, "train")]:
+        digest.update(os.path.basename(path).encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def run_record(config: TrainConfig, plan: privacy_card.Plan, rec_dir: str) -> dict:
-    """The run.json object: settings (minus logging cadence), plan and data folder, in JSON
-    form (tuples become lists, so it compares equal to what is read back)."""
+    """The run.json object: settings (minus logging cadence), plan, data folder and its
+    fingerprint, in JSON form (tuples become lists, so it compares equal to what is read
+    back)."""
     run = {k: v for k, v in dataclasses.asdict(config).items() if k not in _COSMETIC}
-    run.update(plan.as_dict(), data=os.path.abspath(rec_dir), epsilon=str(config.epsilon))
+    run.update(plan.as_dict(), data=os.path.abspath(rec_dir), epsilon=str(config.epsilon),
+               data_fingerprint=data_fingerprint(rec_dir))
     return json.loads(json.dumps(run))
 
 
@@ -103,6 +120,10 @@ def check_same_run(run_dir: str, run: dict):
     if workdir.has_run(run_dir):
         old = workdir.read_run(run_dir)
         changed = sorted(k for k in set(old) | set(run) if old.get(k) != run.get(k))
+        if changed == ["data_fingerprint"]:
+            raise errors.WorkdirError(f"{run['data']}: the data set changed since {run_dir} "
+                                      f"started (dataset.json or its shards); N is part of the "
+                                      f"privacy accounting, so resuming on it is refused")
         if changed:
             raise errors.WorkdirError(f"{run_dir} holds a run with different settings "
                                       f"({', '.join(changed)}); use a new --workdir")

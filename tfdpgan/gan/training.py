@@ -92,6 +92,7 @@ def train(config: run_lib.TrainConfig, flags_text: str = "") -> dict:
                      config.init_from)
     writer = tf.summary.create_file_writer(run_dir)
     _log_plan(config, plan, writer)
+    _warn_weak(config, plan, info)
     # steps rolled back after a divergence were spent: the budget left shrinks by them
     plan = dataclasses.replace(plan, critic_steps=max(
         plan.critic_steps - discarded_steps(run_dir), int(step)))
@@ -215,6 +216,27 @@ def _epsilon(config, plan, steps):
         return math.inf
     return accounting.compute_epsilon(plan.noise_multiplier, plan.sampling_rate, steps,
                                       plan.delta, config.accountant)
+
+
+def _warn_weak(config, plan, info):
+    """Valid but weak settings: said loudly, not refused."""
+    if config.private and config.epsilon > 10:
+        logging.warning("WEAK PRIVACY: epsilon = %g > 10 is a weak guarantee", config.epsilon)
+    if config.private and plan.delta > 1.0 / (10 * plan.num_records):
+        logging.warning("WEAK PRIVACY: delta = %g > 1/(10 N) = %g", plan.delta,
+                        1.0 / (10 * plan.num_records))
+    k = info.get("patches_per_patient") or 0
+    if config.private and config.privacy_unit == "patch" and k > 1:
+        eps_k, _ = accounting.group_privacy_epsilon_delta(
+            _epsilon(config, plan, plan.critic_steps), plan.delta, k)
+        logging.warning("PATCH-LEVEL PRIVACY: a patient contributed up to %d patches, so a "
+                        "whole patient is only protected at epsilon %.3g (group privacy); "
+                        "use --privacy_unit=patient to protect patients", k, eps_k)
+    if config.private and config.noise_multiplier is not None and \
+            plan.critic_steps < config.critic_steps:
+        logging.warning("BUDGET CAP: noise multiplier %g reaches epsilon %g after %d of the "
+                        "%d planned critic steps; training stops there", plan.noise_multiplier,
+                        config.epsilon, plan.critic_steps, config.critic_steps)
 
 
 def _log_plan(config, plan, writer):
