@@ -1,12 +1,13 @@
 """Conversion and input-pipeline throughput, measured side by side in one run.
 
-(a) conversion (tools/nifti_to_tfrecord.py logic) vs simply reading the same volumes with
-    nibabel: volumes/s of each and their ratio;
+(a) conversion (python -m tfdpgan.convert: worker processes, --workers, default all cores)
+    vs simply reading the same volumes with nibabel in one process: volumes/s of each and
+    their ratio `conversion_to_read_ratio` (target >= 0.25 on the 2-core CI machine);
 (b) input pipelines in patches/s: streaming shuffle, Poisson (expected batch 32) and
     patient-grouped, against the patches/s that one DP critic step of the paper's size
     (25M-parameter critic, 96x96, batch 32) consumes on this machine.
 
-  python benchmarks/pipeline_throughput.py [--patients=6] [--dp_steps=3]
+  python benchmarks/pipeline_throughput.py [--patients=6] [--dp_steps=3] [--workers=0]
 Prints a table; the last line is `pipeline_to_dp_ratio <x>` (Poisson patches/s divided by
 the DP step's patches/s; the goal is >= 20). Also written to benchmarks/results/.
 """
@@ -28,6 +29,9 @@ flags.DEFINE_integer("patients", 6, "Phantom training patients (default shape 19
 flags.DEFINE_integer("patches_per_patient", 1000, "Patches per patient (paper: 1000).")
 flags.DEFINE_integer("patch_size", 96, "Patch size (paper: 96).")
 flags.DEFINE_integer("batches", 200, "Batches timed per pipeline mode.")
+flags.DEFINE_integer("workers", 0, "Conversion worker processes (0: all cores).")
+flags.DEFINE_string("compression", convert.ConvertConfig.compression,
+                    "GZIP mode of the shards (the converter's default unless given).")
 flags.DEFINE_integer("dp_steps", 3, "Paper-size DP critic steps timed (after one warm-up).")
 flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results",
                                         "pipeline_throughput.txt"), "Result file.")
@@ -81,13 +85,18 @@ def main(argv):
         cases = volumes.find_cases(data)
         read_s, _ = _time(lambda: _read_all(cases))
         config = convert.ConvertConfig(patch_size=FLAGS.patch_size,
-                                       patches_per_patient=FLAGS.patches_per_patient)
+                                       patches_per_patient=FLAGS.patches_per_patient,
+                                       compression=FLAGS.compression)
         rec = os.path.join(tmp, "rec")
-        conv_s, info = _time(lambda: convert.convert(cases, rec, config,
+        workers = FLAGS.workers or convert.default_workers()
+        conv_s, info = _time(lambda: convert.convert(cases, rec, config, workers=workers,
                                                      progress=lambda *a: None))
         n = len(cases)
         say(f"volumes: {n} phantom patients {phantom.PhantomConfig().shape}, "
             f"{FLAGS.patches_per_patient} patches of {FLAGS.patch_size}^2 each")
+        shard_mb = sum(os.path.getsize(os.path.join(rec, f)) for f in os.listdir(rec)) / 1e6
+        say(f"conversion: {workers} worker processes, GZIP mode {config.compression}, "
+            f"{shard_mb:.0f} MB of shards")
         say(f"nibabel read (image+label+mask)   {n / read_s:8.2f} volumes/s")
         total = sum(info["counts"].values())
         say(f"conversion (read+validate+write)  {n / conv_s:8.2f} volumes/s  "

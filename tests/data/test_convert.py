@@ -13,7 +13,7 @@ import tensorflow as tf
 from conftest import write_case
 from tfdpgan.data import convert, patches, records, volumes
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOL = os.path.join(ROOT, "tools", "nifti_to_tfrecord.py")
 CONFIG = convert.ConvertConfig(patch_size=16, patches_per_patient=40, vessel_fraction=0.5,
                                val_fraction=0.25, num_shards=2, seed=3)

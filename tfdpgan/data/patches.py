@@ -4,51 +4,21 @@ Patches follow Kossen et al. (2022): square axial patches, a share centred on a 
 voxel and the rest on a random in-brain voxel, all distinct, each fully inside the volume
 (centres keep a half-patch margin from the in-plane borders). Axis 2 is axial (see volumes.py).
 
-Normalisation maps raw intensities to [-1, 1] by an invertible affine map on a clip range:
-  ``percentile``: per volume, [0, p] where p is the given percentile of the in-brain voxels
-                  (depends only on that patient's own volume; stored per patient);
-  ``fixed``:      a data-independent range [low, high] given by the user (the same for all).
-Values outside the range are clipped, which is the only non-invertible part.
+Normalisation lives in normalization.py (``Normalization``, ``fit_normalization`` and
+``NORMALIZATIONS`` are re-exported here for the callers that import them from patches).
 """
-import dataclasses
-from typing import Optional, Tuple
+from typing import List
 
 import numpy as np
 
-NORMALIZATIONS = ("percentile", "fixed")
+from tfdpgan.data.normalization import NORMALIZATIONS, Normalization, fit_normalization
 
+__all__ = ["NORMALIZATIONS", "Normalization", "fit_normalization", "sample_centres", "extract",
+           "field_of_view_warnings", "SMALL_FOV_FACTOR"]
 
-@dataclasses.dataclass(frozen=True)
-class Normalization:
-    """Affine map raw [low, high] -> [-1, 1] (clipped)."""
-    low: float
-    high: float
-
-    def apply(self, raw: np.ndarray) -> np.ndarray:
-        scaled = (np.asarray(raw, np.float32) - self.low) / (self.high - self.low)
-        return (2.0 * np.clip(scaled, 0.0, 1.0) - 1.0).astype(np.float32)
-
-    def invert(self, normalised: np.ndarray) -> np.ndarray:
-        return ((np.asarray(normalised, np.float32) + 1.0) / 2.0
-                * (self.high - self.low) + self.low).astype(np.float32)
-
-
-def fit_normalization(image: np.ndarray, mask: np.ndarray, method: str,
-                      percentile: float = 99.95,
-                      fixed_range: Optional[Tuple[float, float]] = None) -> Normalization:
-    """The normalisation for one volume (see module docstring)."""
-    if method == "fixed":
-        if fixed_range is None or not fixed_range[1] > fixed_range[0]:
-            raise ValueError(f"fixed normalisation needs low < high, got {fixed_range}")
-        return Normalization(float(fixed_range[0]), float(fixed_range[1]))
-    if method != "percentile":
-        raise ValueError(f"unknown normalisation {method!r}; choose from {NORMALIZATIONS}")
-    high = float(np.percentile(image[mask > 0], percentile))
-    if not high > 0:
-        raise ValueError(f"the {percentile} percentile of the in-brain intensities is "
-                         f"{high:g}; expected a positive intensity")
-    return Normalization(0.0, high)
-
+# Warn when the axial slice is less than this many patch sides wide: patches then overlap
+# heavily and show the same anatomy again and again.
+SMALL_FOV_FACTOR = 1.5
 
 def _candidates(where: np.ndarray, patch_size: int) -> np.ndarray:
     """Flat indices of voxels in ``where`` whose patch fits inside the slice."""
@@ -82,3 +52,13 @@ def extract(volume: np.ndarray, centres: np.ndarray, patch_size: int):
                         for x, y, z in origins]) if len(origins) else \
         np.zeros((0, patch_size, patch_size), volume.dtype)
     return patches, origins
+
+
+def field_of_view_warnings(shape, patch_size: int) -> List[str]:
+    """A warning (without the file name) if the axial slice is small relative to the patch."""
+    x, y = int(shape[0]), int(shape[1])
+    if min(x, y) < SMALL_FOV_FACTOR * patch_size:
+        return [f"the axial slice ({x}x{y} voxels) is less than {SMALL_FOV_FACTOR:g} patch "
+                f"sides ({patch_size}) wide: patches overlap heavily (a crop barely larger "
+                f"than the patch)"]
+    return []

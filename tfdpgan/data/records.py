@@ -6,50 +6,26 @@ One ``tf.train.Example`` per patch (the contract in DESIGN.md):
   height, width, slice   int64
   patient_id  bytes ("synthetic" for generated sets)
   origin      int64 x3, voxel index (x, y, z) of the patch corner in the RAS+ volume
-Shards are GZIP-compressed: ``<split>-00000-of-00004.tfrecord.gz``.
+Shards are GZIP-compressed: ``<split>-00000-of-00004.tfrecord.gz``. They are written by
+shards.py without TensorFlow (``serialize``, ``ShardWriter``, ``shard_name`` come from there);
+this module adds the TensorFlow side: the parser of the schema.
 """
 import glob
 import json
 import os
 
-import numpy as np
 import tensorflow as tf
 
 from tfdpgan import errors
+from tfdpgan.data.shards import (COMPRESSION, DATASET_JSON, ShardWriter, serialize,
+                                  shard_name)
 
-COMPRESSION = "GZIP"
-DATASET_JSON = "dataset.json"
-
-
-def shard_name(split: str, index: int, num_shards: int) -> str:
-    return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord.gz"
+__all__ = ["COMPRESSION", "DATASET_JSON", "shard_name", "shard_paths", "serialize",
+           "make_parser", "ShardWriter", "read_dataset_json"]
 
 
 def shard_paths(rec_dir: str, split: str):
     return sorted(glob.glob(os.path.join(rec_dir, f"{split}-*-of-*.tfrecord.gz")))
-
-
-def _int64(values):
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
-
-
-def serialize(image: np.ndarray, label: np.ndarray, patient_id: str, slice_index: int,
-              origin) -> bytes:
-    """One patch as a serialised ``tf.train.Example``."""
-    height, width = image.shape
-    feature = {
-        "image": tf.train.Feature(float_list=tf.train.FloatList(  # tolist: fastest path here
-            value=np.asarray(image, np.float32).ravel().tolist())),
-        "label": tf.train.Feature(bytes_list=tf.train.BytesList(
-            value=[np.asarray(label, np.uint8).tobytes()])),
-        "height": _int64([height]),
-        "width": _int64([width]),
-        "patient_id": tf.train.Feature(bytes_list=tf.train.BytesList(
-            value=[patient_id.encode()])),
-        "slice": _int64([slice_index]),
-        "origin": _int64(origin),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
 def make_parser(patch_size: int):
@@ -76,27 +52,10 @@ def make_parser(patch_size: int):
     return parse
 
 
-class ShardWriter:
-    """Writes examples round-robin by patient into ``num_shards`` GZIP shards of one split."""
-
-    def __init__(self, out_dir: str, split: str, num_shards: int):
-        options = tf.io.TFRecordOptions(compression_type=COMPRESSION)
-        self.paths = [os.path.join(out_dir, shard_name(split, i, num_shards))
-                      for i in range(num_shards)]
-        self._writers = [tf.io.TFRecordWriter(p, options) for p in self.paths]
-
-    def write(self, shard: int, record: bytes):
-        self._writers[shard % len(self._writers)].write(record)
-
-    def close(self):
-        for w in self._writers:
-            w.close()
-
-
 def read_dataset_json(rec_dir: str) -> dict:
     path = os.path.join(rec_dir, DATASET_JSON)
     if not os.path.isfile(path):
         raise errors.MissingFileError(f"{path}: not found; is {rec_dir} a folder written by "
-                                f"tools/nifti_to_tfrecord.py?")
+                                f"python -m tfdpgan.convert (tools/nifti_to_tfrecord.py)?")
     with open(path) as f:
         return json.load(f)

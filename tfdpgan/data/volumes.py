@@ -1,14 +1,24 @@
-"""Find, read and validate labelled NIfTI volumes (the only module that touches NIfTI input).
+"""Read and validate labelled volumes: the only module that reads image voxels.
 
-Input is either an nnU-Net style folder (``imagesTr/<case>.nii.gz``, ``labelsTr/<case>.nii.gz``,
-optional ``masksTr/<case>.nii.gz``; ``Ts`` for held-out test patients) or a manifest CSV with
-columns ``patient_id,image,label[,mask]``. ``<case>`` is the patient id.
+Which files make up a case, and what a file really is, is cases.py (its ``Case``,
+``find_cases``, ``read_manifest``, ``read_nnunet_json``, ``check_unique_ids`` and
+``describe_file`` are re-exported here). Formats: NIfTI (``.nii.gz``/``.nii``, read with
+nibabel), MetaImage (``.mha``, ``.mhd`` + data file) and NRRD (``.nrrd``, ``.nhdr``) read with
+SimpleITK, and a DICOM series as a folder per patient (SimpleITK's ImageSeriesReader).
 
-Every problem raises :class:`InputError` with one message naming the file and the problem.
-Volumes are reoriented to the closest canonical (RAS+) orientation, so axis 2 is the axial
-(inferior-superior) axis everywhere downstream.
+Every problem raises ``InputError`` (= errors.InputDataError; a missing file
+errors.MissingFileError) with one message naming the file and the problem. Volumes are
+reoriented to the closest canonical (RAS+) orientation, so axis 2 is the axial axis everywhere
+downstream; image, label and mask must lie on the same world grid after that reorientation
+(their orientation codes in the files may differ: an LPS image and a RAS label on one grid
+are fine).
+
+Labels: ``vessel_labels`` lists the label values that mean vessel. Default (None): every
+non-zero value (multi-class labels such as TopCoW's 0-12, and 0/255 masks), except that a
+label whose only non-zero value is neither 1 nor 255 is refused as ambiguous (name the value).
+Brain masks: every non-zero voxel is brain.
 """
-import csv
+import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -18,23 +28,22 @@ from typing import List, Optional, Sequence
 
 import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
+from tfdpgan import errors
+from tfdpgan.data import cases
+from tfdpgan.data.cases import (NIFTI_SUFFIXES, SITK_SUFFIXES, Case, check_unique_ids,
+                                describe_file, find_cases, read_manifest, read_nnunet_json)
+
+__all__ = ["InputError", "Case", "Volume", "Header", "NIFTI_SUFFIXES", "SITK_SUFFIXES",
+           "AFFINE_ATOL_MM", "find_cases", "read_manifest", "read_nnunet_json", "read_header",
+           "check_headers", "load_volume", "check_unique_ids", "describe_file"]
+
+InputError = errors.InputDataError
 # Tolerance, in millimetres, for two affines to describe the same voxel grid.
 AFFINE_ATOL_MM = 1e-3
-
-
-class InputError(ValueError):
-    """Bad input data; the message names the file and the problem."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """One patient: paths of its image, label and optional brain mask."""
-    patient_id: str
-    image: str
-    label: str
-    mask: Optional[str] = None
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_ROLES = ("image", "label", "mask")
 
 
 @dataclasses.dataclass
@@ -42,190 +51,290 @@ class Volume:
     """A validated case in RAS+ orientation. ``mask`` is the brain mask (all ones if absent)."""
     case: Case
     image: np.ndarray      # float32 [X, Y, Z]
-    label: np.ndarray      # uint8 {0,1} [X, Y, Z]
+    label: np.ndarray      # uint8 {0,1} [X, Y, Z]: the vessel voxels
     mask: np.ndarray       # uint8 {0,1} [X, Y, Z]
     affine: np.ndarray     # 4x4, voxel index -> RAS mm, of the reoriented arrays
-    sha256: dict           # role ("image", "label", "mask") -> hex digest of the source file
+    sha256: dict           # role ("image", "label", "mask") -> hex digest of the source
+    label_values: tuple = ()          # the distinct values of the label file
+    source_affine: Optional[np.ndarray] = None   # the image file's own affine (RAS mm)
 
     @property
     def spacing(self):
         return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
 
 
-def _case_id(filename: str) -> Optional[str]:
-    for suffix in NIFTI_SUFFIXES:
-        if filename.endswith(suffix):
-            return filename[: -len(suffix)]
-    return None
+@dataclasses.dataclass(frozen=True)
+class Header:
+    """What a file's header says: array shape (file axes) and voxel -> RAS mm affine."""
+    shape: tuple
+    affine: np.ndarray
 
 
-def _scan(folder: str) -> dict:
-    """Map case id -> path for the NIfTI files in ``folder`` (empty if it does not exist)."""
-    found = {}
-    if not os.path.isdir(folder):
-        return found
-    for name in sorted(os.listdir(folder)):
-        case_id = _case_id(name)
-        if case_id is None:
-            continue
-        path = os.path.join(folder, name)
-        if case_id in found:
-            raise InputError(f"{path}: duplicate patient id {case_id!r} "
-                             f"(also {found[case_id]})")
-        found[case_id] = path
-    return found
+# --- reading ------------------------------------------------------------------------------
+
+def _check_name(path: str):
+    if not os.path.exists(path):
+        raise errors.MissingFileError(f"{path}: file not found")
+    if os.path.isdir(path):
+        return
+    advice = describe_file(path)
+    if advice:
+        raise InputError(f"{path}: {advice}")
 
 
-def find_cases(data_dir: str, split: str = "Tr") -> List[Case]:
-    """Cases of an nnU-Net style folder; ``split`` is "Tr" (training) or "Ts" (test).
-
-    Returns [] if ``images<split>`` does not exist. Every image needs a label; a label or mask
-    without an image is an error too (it usually means a misnamed file).
-    """
-    images = _scan(os.path.join(data_dir, f"images{split}"))
-    labels = _scan(os.path.join(data_dir, f"labels{split}"))
-    masks = _scan(os.path.join(data_dir, f"masks{split}"))
-    for case_id, path in images.items():
-        if case_id not in labels:
-            raise InputError(f"{path}: no label found for this image "
-                             f"(expected labels{split}/{case_id}.nii.gz)")
-    for role, found in (("label", labels), ("mask", masks)):
-        for case_id, path in found.items():
-            if case_id not in images:
-                raise InputError(f"{path}: {role} without an image "
-                                 f"(expected images{split}/{case_id}.nii.gz)")
-    return [Case(c, images[c], labels[c], masks.get(c)) for c in sorted(images)]
+def _sitk_affine(image) -> np.ndarray:
+    """Voxel (x, y, z) -> RAS mm of a SimpleITK image (which states LPS)."""
+    dim = image.GetDimension()
+    direction = np.reshape(image.GetDirection(), (dim, dim))[:3, :3]
+    affine = np.eye(4)
+    affine[:3, :3] = direction @ np.diag(image.GetSpacing()[:3])
+    affine[:3, 3] = image.GetOrigin()[:3]
+    return _LPS_TO_RAS @ affine
 
 
-def read_manifest(csv_path: str) -> List[Case]:
-    """Cases of a manifest CSV (``patient_id,image,label[,mask]``; relative paths are
-    relative to the CSV's folder)."""
-    base = os.path.dirname(os.path.abspath(csv_path))
+def _check_sitk(path: str, shape: tuple, components: int):
+    if components != 1:
+        raise InputError(f"{path}: expected a scalar image, got {components} components "
+                         f"per voxel")
+    if len(shape) < 3:
+        raise InputError(f"{path}: expected a 3-D volume, got shape {shape}")
+
+
+def _dicom_files(folder: str) -> List[str]:
+    reader = sitk.ImageSeriesReader
+    series = reader.GetGDCMSeriesIDs(folder)
+    if len(series) != 1:
+        found = f"{len(series)} DICOM series" if series else "no DICOM series"
+        raise InputError(f"{folder}: {found} found; expected one series per patient folder")
+    files = list(reader.GetGDCMSeriesFileNames(folder, series[0]))
+    extra = sorted(set(os.listdir(folder)) - {os.path.basename(f) for f in files})
+    if extra:
+        path = os.path.join(folder, extra[0])
+        raise InputError(f"{path}: not part of the DICOM series of {folder} "
+                         f"({describe_file(path) or 'an image file'}); move it out")
+    return files
+
+
+def _sitk_read(path: str, header_only: bool):
+    if os.path.isdir(path):
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(_dicom_files(path))
+        return reader.Execute()
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    if header_only:
+        reader.ReadImageInformation()
+        return reader
+    return reader.Execute()
+
+
+_READ_ERRORS = (OSError, EOFError, zlib.error, gzip.BadGzipFile, RuntimeError, ValueError,
+                nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError)
+
+
+@contextlib.contextmanager
+def _reading(path: str, what: str):
+    """Turn a reader's exception (nibabel, zlib, SimpleITK) into one InputError line."""
     try:
-        with open(csv_path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise InputError(f"{csv_path}: cannot read manifest: {e}") from e
-    required = {"patient_id", "image", "label"}
-    if not rows or not required <= set(rows[0]):
-        raise InputError(f"{csv_path}: manifest needs a header with columns "
-                         f"patient_id,image,label[,mask] and at least one row")
-    cases, seen = [], set()
-    for line, row in enumerate(rows, start=2):
-        pid = (row["patient_id"] or "").strip()
-        if not pid or not row["image"] or not row["label"]:
-            raise InputError(f"{csv_path}: line {line}: empty patient_id, image or label")
-        if pid in seen:
-            raise InputError(f"{csv_path}: line {line}: duplicate patient id {pid!r}")
-        seen.add(pid)
-        resolve = lambda p: p if os.path.isabs(p) else os.path.join(base, p)
-        mask = (row.get("mask") or "").strip()
-        cases.append(Case(pid, resolve(row["image"].strip()), resolve(row["label"].strip()),
-                          resolve(mask) if mask else None))
-    return cases
+        yield
+    except InputError:
+        raise
+    except _READ_ERRORS as e:
+        last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+        kind = "NIfTI" if path.lower().endswith(NIFTI_SUFFIXES) else "image"
+        raise InputError(f"{path}: {what} {kind} ({type(e).__name__}: {last})") from e
 
 
-def _load_nifti(path: str, header_only: bool = False):
-    """Load a NIfTI file; returns (image, sha256 of the file bytes or None if header_only)."""
-    try:
-        if header_only:
-            return nib.load(path), None
-        with open(path, "rb") as f:
-            raw = f.read()
-        digest = hashlib.sha256(raw).hexdigest()
-        data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-        img = nib.Nifti1Image.from_bytes(data)
-        img.get_fdata(dtype=np.float32)  # force a full read so truncation shows here
-        return img, digest
-    except FileNotFoundError as e:
-        raise InputError(f"{path}: file not found") from e
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError,
-            nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError) as e:
-        raise InputError(f"{path}: unreadable or truncated NIfTI ({type(e).__name__}: {e})") from e
+def read_header(path: str) -> Header:
+    """Shape and affine from the header (a DICOM series is read in full)."""
+    _check_name(path)
+    with _reading(path, "unreadable header of the"):
+        if path.lower().endswith(NIFTI_SUFFIXES):
+            img = nib.load(path)
+            return Header(tuple(img.shape), np.asarray(img.affine, np.float64))
+        info = _sitk_read(path, header_only=True)
+        components = info.GetNumberOfComponents() if isinstance(info, sitk.ImageFileReader) \
+            else info.GetNumberOfComponentsPerPixel()
+        _check_sitk(path, tuple(info.GetSize()), components)
+        return Header(tuple(info.GetSize()), _sitk_affine(info))
 
 
-def _check_geometry(case: Case, imgs: dict, patch_size: Optional[int]):
-    """Shape, dimensionality, affine and orientation agreement between image, label, mask."""
-    ref = imgs["image"]
-    for role, img in imgs.items():
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    paths = _dicom_files(path) if os.path.isdir(path) else [path]
+    if path.lower().endswith((".mhd", ".nhdr")):
+        folder = os.path.dirname(path)
+        paths += [os.path.join(folder, n) for n in sorted(cases.data_files(folder, [
+            os.path.basename(path)])) if os.path.isfile(os.path.join(folder, n))]
+    for p in paths:
+        if len(paths) > 1:
+            digest.update(os.path.basename(p).encode() + b"\0")
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _as_read(array: np.ndarray, role: str) -> np.ndarray:
+    """Images as float32; labels and masks keep an integer dtype (faster checks, less
+    memory), other dtypes become float32."""
+    if role != "image" and np.issubdtype(array.dtype, np.integer):
+        return array
+    return np.asarray(array, np.float32)
+
+
+def _read_nifti(path: str, role: str):
+    with open(path, "rb") as f:
+        raw = f.read()
+    digest = hashlib.sha256(raw).hexdigest()
+    data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    klass = nib.Nifti2Image if int.from_bytes(data[:4], "little") == 540 or \
+        int.from_bytes(data[:4], "big") == 540 else nib.Nifti1Image
+    img = klass.from_bytes(data)
+    array = img.get_fdata(dtype=np.float32) if role == "image" else np.asanyarray(img.dataobj)
+    return _as_read(array, role), np.asarray(img.affine, np.float64), digest
+
+
+def _read(path: str, role: str):
+    """(array in file axes, affine RAS, sha256) of one file or DICOM folder."""
+    _check_name(path)
+    with _reading(path, "unreadable or truncated"):
+        if path.lower().endswith(NIFTI_SUFFIXES):
+            return _read_nifti(path, role)
+        image = _sitk_read(path, header_only=False)
+        _check_sitk(path, tuple(image.GetSize()), image.GetNumberOfComponentsPerPixel())
+        array = _as_read(sitk.GetArrayFromImage(image), role)
+        return array.transpose(tuple(range(array.ndim))[::-1]), _sitk_affine(image), \
+            _sha256(path)
+
+
+# --- geometry -----------------------------------------------------------------------------
+
+def _squeeze_shape(path: str, shape: tuple) -> tuple:
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise InputError(f"{path}: expected a 3-D volume, got shape {shape}")
+    return tuple(int(s) for s in shape)
+
+
+def _canonical(shape: tuple, affine: np.ndarray):
+    """(orientation, shape, affine) of the closest canonical (RAS+) reorientation."""
+    ornt = nib.orientations.io_orientation(affine)
+    new_shape = tuple(np.asarray(shape)[np.argsort(ornt[:, 0])])
+    return ornt, new_shape, affine @ nib.orientations.inv_ornt_aff(ornt, shape)
+
+
+def _codes(affine) -> str:
+    return "".join(nib.aff2axcodes(affine))
+
+
+def _check_geometry(case: Case, headers: dict, patch_size: Optional[int]):
+    """Image, label and mask on the same world grid (after reorientation to RAS+)."""
+    grids = {}
+    for role, header in headers.items():
+        shape = _squeeze_shape(getattr(case, role), header.shape)
+        grids[role] = (shape, header.affine) + _canonical(shape, header.affine)[1:]
+    _, _, ref_shape, ref_affine = grids["image"]
+    for role, (shape, affine, c_shape, c_affine) in grids.items():
         path = getattr(case, role)
-        shape = img.shape
-        if len(shape) == 4 and shape[3] == 1:
-            shape = shape[:3]
-        if len(shape) != 3:
-            raise InputError(f"{path}: expected a 3-D volume, got shape {img.shape}")
-        if role != "image":
-            if shape != ref.shape[:3]:
-                raise InputError(f"{path}: {role} shape {shape} does not match the image "
-                                 f"shape {ref.shape[:3]} ({case.image})")
-            if nib.aff2axcodes(img.affine) != nib.aff2axcodes(ref.affine):
-                raise InputError(
-                    f"{path}: {role} orientation {''.join(nib.aff2axcodes(img.affine))} does "
-                    f"not match the image orientation {''.join(nib.aff2axcodes(ref.affine))}")
-            if not np.allclose(img.affine, ref.affine, atol=AFFINE_ATOL_MM):
-                raise InputError(f"{path}: {role} affine does not match the image affine "
-                                 f"({case.image}): the voxel grids differ")
-    if patch_size is not None:
-        canonical = nib.as_closest_canonical(ref)
-        x, y = canonical.shape[:2]
-        if patch_size > min(x, y):
-            raise InputError(f"{case.image}: patch size {patch_size} is larger than the "
-                             f"axial slice ({x}x{y} voxels)")
+        if role == "image":
+            continue
+        if c_shape != ref_shape:
+            raise InputError(f"{path}: {role} shape {c_shape} does not match the image "
+                             f"shape {ref_shape} after reorientation to RAS+ ({case.image})")
+        if not np.allclose(c_affine, ref_affine, atol=AFFINE_ATOL_MM):
+            raise InputError(
+                f"{path}: {role} affine does not match the image affine after reorientation "
+                f"to RAS+ ({role} orientation {_codes(affine)}, image orientation "
+                f"{_codes(grids['image'][1])}; {case.image}): the voxel grids differ")
+    if patch_size is not None and patch_size > min(ref_shape[:2]):
+        raise InputError(f"{case.image}: patch size {patch_size} is larger than the "
+                         f"axial slice ({ref_shape[0]}x{ref_shape[1]} voxels)")
 
 
 def check_headers(case: Case, patch_size: Optional[int] = None):
-    """Cheap validation from headers only (no voxel data read)."""
-    imgs = {"image": _load_nifti(case.image, True)[0], "label": _load_nifti(case.label, True)[0]}
-    if case.mask:
-        imgs["mask"] = _load_nifti(case.mask, True)[0]
-    _check_geometry(case, imgs, patch_size)
+    """Cheap validation from headers only (no voxel data read, except DICOM series)."""
+    headers = {role: read_header(getattr(case, role)) for role in _ROLES
+               if getattr(case, role)}
+    _check_geometry(case, headers, patch_size)
 
 
-def _binary(path: str, role: str, data: np.ndarray) -> np.ndarray:
-    values = np.unique(data)
-    if not np.all(np.isin(values, (0.0, 1.0))):
-        shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
-        raise InputError(f"{path}: {role} is not binary (values {shown}); expected 0 and 1")
-    return data.astype(np.uint8)
+def _distinct(data: np.ndarray) -> np.ndarray:
+    """Sorted distinct values, without sorting the volume for the usual labels (two values,
+    or small non-negative integers)."""
+    if not data.size:
+        return np.unique(data)
+    low, high = data.min(), data.max()
+    integer = np.issubdtype(data.dtype, np.integer)
+    if low == high or (integer and int(high) - int(low) <= 1) or (
+            not integer and not np.count_nonzero((data != low) & (data != high))):
+        return np.unique(np.array([low, high], data.dtype))
+    if integer and low >= 0 and high < 1 << 16:
+        return np.flatnonzero(np.bincount(data.ravel(), minlength=int(high) + 1))
+    return np.unique(data)
 
 
-def load_volume(case: Case, patch_size: Optional[int] = None) -> Volume:
-    """Read and fully validate one case; returns arrays in RAS+ orientation."""
-    loaded = {"image": _load_nifti(case.image), "label": _load_nifti(case.label)}
-    if case.mask:
-        loaded["mask"] = _load_nifti(case.mask)
-    imgs = {role: img for role, (img, _) in loaded.items()}
-    _check_geometry(case, imgs, patch_size)
+def _vessels(path: str, data: np.ndarray, vessel_labels: Optional[Sequence[int]]):
+    """(uint8 vessel mask, distinct label values) of a label volume."""
+    values = _distinct(data)
+    shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
+    if not np.all(values == np.round(values)):
+        raise InputError(f"{path}: label is not binary and not integer-valued (values "
+                         f"{shown}); expected 0 and 1, or integer class values")
+    if vessel_labels is None:
+        nonzero = values[values != 0]
+        if len(nonzero) == 1 and nonzero[0] not in (1, 255):
+            raise InputError(f"{path}: label is not binary (values {shown}); expected 0 and 1 "
+                             f"(or 0/255, or a multi-class label); if {nonzero[0]:g} marks "
+                             f"vessels say so with --vessel_labels={nonzero[0]:g}")
+        vessel = data != 0
+    else:
+        vessel = np.isin(data, np.asarray(vessel_labels, data.dtype if np.issubdtype(
+            data.dtype, np.integer) else np.float32))
+    if not vessel.any():
+        which = "" if vessel_labels is None else \
+            f" with a value in --vessel_labels={','.join(map(str, vessel_labels))}"
+        raise InputError(f"{path}: label is empty (no vessel voxel{which}; values {shown})")
+    return vessel.view(np.uint8), tuple(int(v) for v in values)
+
+
+def _reoriented(case: Case, loaded: dict) -> dict:
+    """The arrays of ``loaded`` in RAS+ orientation, checked finite."""
     arrays = {}
-    for role, img in imgs.items():
-        canonical = nib.as_closest_canonical(img)
-        data = np.asarray(canonical.get_fdata(dtype=np.float32))
-        if data.ndim == 4:
-            data = data[..., 0]
-        if not np.all(np.isfinite(data)):
+    for role, (data, affine, _) in loaded.items():
+        path = getattr(case, role)
+        shape = _squeeze_shape(path, data.shape)
+        ornt = _canonical(shape, affine)[0]
+        data = nib.orientations.apply_orientation(data.reshape(shape), ornt)
+        if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
             bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
-            raise InputError(f"{getattr(case, role)}: {bad} NaN/Inf voxels in the {role}")
-        arrays[role] = data
-        affine = canonical.affine
-    label = _binary(case.label, "label", arrays["label"])
-    if not label.any():
-        raise InputError(f"{case.label}: label is empty (no vessel voxel)")
+            raise InputError(f"{path}: {bad} NaN/Inf voxels in the {role}")
+        arrays[role] = np.ascontiguousarray(data)
+    return arrays
+
+
+def load_volume(case: Case, patch_size: Optional[int] = None,
+                vessel_labels: Optional[Sequence[int]] = None) -> Volume:
+    """Read and fully validate one case; returns arrays in RAS+ orientation."""
+    loaded = {role: _read(getattr(case, role), role) for role in _ROLES if getattr(case, role)}
+    _check_geometry(case, {r: Header(a.shape, aff) for r, (a, aff, _) in loaded.items()},
+                    patch_size)
+    arrays = _reoriented(case, loaded)
+    image_shape = _squeeze_shape(case.image, loaded["image"][0].shape)
+    out_affine = _canonical(image_shape, loaded["image"][1])[2]
+    label, values = _vessels(case.label, arrays["label"], vessel_labels)
     if "mask" in arrays:
-        mask = _binary(case.mask, "mask", arrays["mask"])
+        if np.issubdtype(arrays["mask"].dtype, np.floating) and \
+                not np.all(arrays["mask"] == np.round(arrays["mask"])):
+            raise InputError(f"{case.mask}: brain mask has fractional values; expected a "
+                             f"binary mask (every non-zero voxel is brain)")
+        mask = (arrays["mask"] != 0).view(np.uint8)
         if not mask.any():
             raise InputError(f"{case.mask}: brain mask is empty")
     else:
         mask = np.ones_like(label)
     return Volume(case=case, image=arrays["image"], label=label, mask=mask,
-                  affine=np.asarray(affine, dtype=np.float64),
-                  sha256={role: digest for role, (_, digest) in loaded.items()})
-
-
-def check_unique_ids(cases: Sequence[Case]):
-    """Patient ids must be unique across all given cases (e.g. train and test folders)."""
-    seen = {}
-    for case in cases:
-        if case.patient_id in seen:
-            raise InputError(f"{case.image}: duplicate patient id {case.patient_id!r} "
-                             f"(also {seen[case.patient_id]})")
-        seen[case.patient_id] = case.image
+                  affine=np.asarray(out_affine, dtype=np.float64),
+                  sha256={role: digest for role, (_, _, digest) in loaded.items()},
+                  label_values=values, source_affine=loaded["image"][1])
