@@ -17,6 +17,7 @@ Prints per-patient and mean DSC and HD95 (mm) for both and, as the last lines, t
 benchmarks/results/phantom_difficulty.txt.
 
   python benchmarks/phantom_difficulty.py [--num_train=8 --num_test=3 --epochs=16]
+  [--preset=site_b] [--shape=140,168,52]
 """
 import os
 import time
@@ -25,7 +26,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from tfdpgan import atomic
-from tfdpgan.data import default_data, patches, pipeline, records, volumes
+from tfdpgan.data import default_data, patches, phantom, pipeline, records, volumes
 from tfdpgan.evaluation import seg_metrics, stitching, unet
 
 flags.DEFINE_integer("num_train", 8, "Training phantom patients (one of them becomes val).")
@@ -35,6 +36,9 @@ flags.DEFINE_integer("patches_per_patient", 1000, "Training patches per patient.
 flags.DEFINE_float("vessel_fraction", 0.3, "Share of training patches centred on a vessel (the "
                    "rest on any brain voxel, e.g. the unlabelled bright surface structures).")
 flags.DEFINE_integer("seed", 0, "Phantom and training seed.")
+flags.DEFINE_enum("preset", "default", sorted(phantom.PRESETS), "Phantom site preset.")
+flags.DEFINE_list("shape", None, "Phantom volume shape x,y,z over the preset's field of view "
+                  "(default: the preset's own grid).")
 flags.DEFINE_integer("base_filters", 16, "U-Net base filters (the paper: 32).")
 flags.DEFINE_integer("depth", 4, "U-Net down-sampling levels.")
 flags.DEFINE_float("learning_rate", 3e-4, "Adam learning rate (at 1e-3 the soft-Dice training "
@@ -72,10 +76,13 @@ def volume_tiles(volume, normalization: dict, patch_size: int):
 
 def main(argv):
     del argv
+    shape = tuple(int(n) for n in FLAGS.shape) if FLAGS.shape else \
+        default_data.PhantomDataConfig.shape
     data = default_data.PhantomDataConfig(
-        num_patients=FLAGS.num_train, num_test=FLAGS.num_test, seed=FLAGS.seed,
+        num_patients=FLAGS.num_train, num_test=FLAGS.num_test, seed=FLAGS.seed, shape=shape,
         patch_size=FLAGS.patch_size, patches_per_patient=FLAGS.patches_per_patient,
-        vessel_fraction=FLAGS.vessel_fraction)
+        vessel_fraction=FLAGS.vessel_fraction, preset=FLAGS.preset)
+    grid = data.phantom_config()
     total_start = time.time()
     nifti_dir, rec_dir = default_data.prepare(data, FLAGS.cache_dir)
     info = records.read_dataset_json(rec_dir)
@@ -113,7 +120,9 @@ def main(argv):
 
     lines = [
         f"phantom: {len(train.patient_ids)} train / {len(val_volumes)} val / {len(rows)} "
-        f"test patients, shape {data.shape}, patch {data.patch_size}, {len(train)} train "
+        f"test patients, preset {data.preset}, shape {grid.shape}, voxel "
+        f"{' x '.join(f'{v:g}' for v in grid.spacing)} mm, patch {data.patch_size}, "
+        f"{len(train)} train "
         f"patches (vessel fraction {data.vessel_fraction}); val = {len(val[0])} tiles of the "
         f"whole val volume, unmasked",
         f"U-Net: base {config.base_filters}, depth {config.depth}, lr {config.learning_rate}, "

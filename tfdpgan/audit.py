@@ -5,7 +5,8 @@
 Writes ``W/audit/`` (atomically: audit.json, AUDIT.md, near_copies.png) and prints a summary.
 THIS IS A MEASUREMENT FOR THE DATA HOLDER, NOT A RELEASE: it reads the private training
 patches, the held-out patients and the critic checkpoint; keep W/audit/ with the checkpoints.
-What is measured: tfdpgan.leakage.audit.
+What is measured: tfdpgan.leakage.audit. On a run trained on a canaried data set
+(tfdpgan.leakage.canaries.make_canary_dataset) it also measures the canaries' exposure.
 """
 import os
 
@@ -28,13 +29,17 @@ def define_flags(fv: flags.FlagValues = FLAGS):
     fdef.DEFINE_integer("seed", d.seed, "Seed of the subsampling and of the latents.")
     fdef.DEFINE_boolean("calibrate", d.calibrate, "Also the calibrated critic attack (8 "
                         "critic evaluations per patch).")
+    fdef.DEFINE_integer("canary_base_patches", d.canary_base_patches, "Canaried data sets: "
+                        "held-out patches that carry each canary candidate for the critic's "
+                        "canary score.")
     fdef.DEFINE_boolean("overwrite", False, "Replace an existing W/audit/.")
 
 
 def config_from_flags(fv: flags.FlagValues = FLAGS) -> audit.AuditConfig:
     return audit.AuditConfig(workdir=fv.workdir or "", num_synthetic=fv.num_synthetic,
                              max_patches=fv.max_patches, seed=fv.seed,
-                             calibrate=fv.calibrate, overwrite=fv.overwrite)
+                             calibrate=fv.calibrate, overwrite=fv.overwrite,
+                             canary_base_patches=fv.canary_base_patches)
 
 
 def main(argv):

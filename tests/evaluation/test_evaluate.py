@@ -281,6 +281,7 @@ def test_default_evaluation_of_hard_pairs_reports_no_collapsed_unet(run, tmp_pat
     with the default loss, grid, selection and restarts (only the U-Net made tiny), the
     collapse detector fires and the U-Net whose DSC is reported predicts vessels."""
     syn = str(tmp_path / "hard")
+    os.makedirs(syn)
     sample.write_tfrecord(*hard_pairs(320, 16, 0), syn, num_shards=1)
     small = dataclasses.replace(config_lib.DEFAULT_UNET, base_filters=4, depth=2, epochs=6,
                                 steps_per_epoch=10)

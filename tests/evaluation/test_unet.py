@@ -177,3 +177,13 @@ def test_validation_scorer_selects_the_epoch():
     assert len(seen) == 3
     for kept, best in zip(model.get_weights(), seen[1]):
         np.testing.assert_array_equal(kept, best)
+
+
+def test_early_stop_after_patience_epochs_without_a_better_score():
+    scores = iter([0.5, 0.4, 0.6, 0.3, 0.2, 0.1, 0.0, 0.0])
+    config = dataclasses.replace(TINY, epochs=8, steps_per_epoch=1, early_stop_patience=2)
+    _, history = unet.train_unet(_blobs(32, 16, 0), lambda model: next(scores), config)
+    assert history["val_dice"] == [0.5, 0.4, 0.6, 0.3, 0.2] and history["best_epoch"] == 2
+    perfect = dataclasses.replace(config, early_stop_patience=5)
+    _, history = unet.train_unet(_blobs(32, 16, 0), lambda model: 1.0, perfect)
+    assert history["val_dice"] == [1.0]

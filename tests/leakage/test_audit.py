@@ -13,6 +13,7 @@ import tensorflow as tf
 from absl import flags
 
 from tfdpgan import audit as audit_command
+from tfdpgan import errors
 from tfdpgan.gan import run as gan_run
 from tfdpgan.leakage import audit, critic, report
 
@@ -43,7 +44,7 @@ def test_audit_of_a_trained_workdir(tiny_run):
     # of 60 per split keeps min(60 // 3, 60 // 1, 60 // 2) = 20 patches of every patient
     assert c == {"member_patients": 3, "nonmember_patients": 3, "member_patches": 60,
                  "nonmember_patches": 60, "nonmember_splits": ["test", "val"],
-                 "patches_per_patient_cap": 20}
+                 "patches_per_patient_cap": 20, "excluded_canary_patients": []}
     assert set(result["attacks"]) == {"critic", "critic_calibrated", "generator"}
     for attack in result["attacks"].values():
         assert 0.0 <= attack["patch"]["auc"] <= 1.0
@@ -64,7 +65,7 @@ def test_audit_of_a_trained_workdir(tiny_run):
     text = open(os.path.join(out, "AUDIT.md")).read()
     assert "not a release" in text and "0.5 means no leakage" in text
     assert "Without memorisation ≈ 0.5" in text and "e^ε · FPR + δ" in text
-    assert "Canaries" in text
+    assert "Canaries" in text and result["canaries"] is None
     public = report.render_markdown(dict(result, privacy={
         "private": False, "epsilon": None, "delta": None, "privacy_unit": "patch",
         "bounds": None}))
@@ -102,9 +103,10 @@ def test_flags_build_the_config():
     fv = flags.FlagValues()
     audit_command.define_flags(fv)
     fv(["audit", "--workdir=W", "--num_synthetic=7", "--max_patches=0", "--seed=3",
-        "--nocalibrate", "--overwrite"])
+        "--nocalibrate", "--overwrite", "--canary_base_patches=9"])
     assert audit_command.config_from_flags(fv) == audit.AuditConfig(
-        workdir="W", num_synthetic=7, max_patches=0, seed=3, calibrate=False, overwrite=True)
+        workdir="W", num_synthetic=7, max_patches=0, seed=3, calibrate=False, overwrite=True,
+        canary_base_patches=9)
     fv = flags.FlagValues()
     audit_command.define_flags(fv)
     fv(["audit"])
@@ -139,3 +141,14 @@ def test_cli(tiny_run, tmp_path):
     assert json.load(open(os.path.join(workdir, "audit", "audit.json"))) == replaced
     assert "critic_calibrated" in replaced["attacks"]
     assert not [name for name in os.listdir(workdir) if name.startswith(".audit")]
+
+
+def test_bad_settings_are_refused_before_any_work(tmp_path):
+    for config, message in ((audit.AuditConfig(workdir=""), "--workdir"),
+                            (audit.AuditConfig(workdir=str(tmp_path), num_synthetic=0),
+                             "num_synthetic"),
+                            (audit.AuditConfig(workdir=str(tmp_path), canary_base_patches=0),
+                             "canary_base_patches")):
+        with pytest.raises(errors.SettingsError, match=message):
+            audit.audit_workdir(config)
+    assert os.listdir(tmp_path) == []

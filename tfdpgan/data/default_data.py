@@ -24,17 +24,26 @@ def default_cache_dir() -> str:
 
 @dataclasses.dataclass(frozen=True)
 class PhantomDataConfig:
+    """The default phantom data set: how many patients, which site preset, which grid, and how
+    it is cut into patches. ``shape`` is the volume grid over the preset's field of view (the
+    spacing follows, so a small shape is a coarse scan of the same head, never a crop); the
+    default shape stands for "the preset's own grid" (so ``preset="site_b"`` alone gives the
+    site_b protocol)."""
     num_patients: int = 20
     num_test: int = 4
     seed: int = 0
-    shape: Tuple[int, int, int] = (192, 192, 48)
+    shape: Tuple[int, int, int] = phantom.PRESETS["default"].shape
     patch_size: int = 64
     patches_per_patient: int = 500
     vessel_fraction: float = 0.5
     val_fraction: float = 0.1
+    preset: str = "default"
 
     def phantom_config(self) -> phantom.PhantomConfig:
-        return phantom.PhantomConfig(shape=self.shape)
+        base = phantom.preset(self.preset)
+        if tuple(self.shape) == phantom.PRESETS["default"].shape:
+            return base
+        return phantom.with_shape(base, self.shape)
 
     def key(self) -> str:
         """Cache key: these settings, the full phantom config, the phantom generator version

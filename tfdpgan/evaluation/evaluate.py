@@ -87,22 +87,12 @@ def settings_of(config: EvalConfig, run: inputs.Run) -> dict:
             "source_sha256": run.source_sha256, "tfdpgan_version": tfdpgan.__version__}
 
 
-def _load_volume(case: volumes.Case, patch_size: Optional[int] = None) -> volumes.Volume:
-    """volumes.load_volume; an unusable volume is an EvaluationError naming the file."""
-    try:
-        return volumes.load_volume(case, patch_size)
-    except volumes.InputError as e:
-        if isinstance(e, errors.TfdpganError):
-            raise
-        raise EvaluationError(str(e)) from e
-
-
 def _real_val_scorer(config: EvalConfig, run: inputs.Run, val_cases):
     if not val_cases:
         raise EvaluationError(f"{run.rec_dir}: no validation patients (split 'val' is empty);"
                               f" use --selection=synthetic_val")
     inputs.check_exists(val_cases, "validation")
-    return selection.VolumeScorer([_load_volume(case) for case in val_cases],
+    return selection.VolumeScorer([volumes.load_volume(case) for case in val_cases],
                                   run.info["normalization"], run.patch_size,
                                   config.selection_overlap, config.unet.threshold,
                                   config.predict_batch_size)
@@ -177,7 +167,7 @@ def score_test(config: EvalConfig, run: inputs.Run, cases, sel: Selected, stagin
     train_sha = {p.get("sha256", {}).get("image") for p in run.info["patients"].values()
                  if p.get("split") in ("train", "val")}
     for i, case in enumerate(cases):
-        vol = _load_volume(case, run.patch_size)
+        vol = volumes.load_volume(case, run.patch_size)
         if vol.sha256.get("image") in train_sha:
             raise EvaluationError(f"{case.image}: this test image is a training/validation "
                                   f"image of {run.rec_dir} (same SHA-256)")

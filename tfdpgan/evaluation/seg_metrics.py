@@ -10,6 +10,8 @@ from typing import Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
+__all__ = ["dice", "hausdorff95", "best_threshold_dice"]
+
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     """Dice similarity coefficient 2|P∩T| / (|P| + |T|) of two binary arrays (nonzero = 1)."""

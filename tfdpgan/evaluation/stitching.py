@@ -12,6 +12,9 @@ import tensorflow as tf
 
 from tfdpgan.data import patches
 
+__all__ = ["PredictFn", "tile_origins", "brain_origins", "stitch", "predict_volume",
+           "keras_predict_fn", "segment_volume"]
+
 PredictFn = Callable[[np.ndarray], np.ndarray]   # [n, P, P, 1] -> [n, P, P, 1]
 
 

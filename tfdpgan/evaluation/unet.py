@@ -20,7 +20,8 @@ answered with a restart: a model is *collapsed* when it predicts no vessel pixel
 the end of training (the selected epoch). A collapsed attempt is discarded and training
 restarts from a fresh initialisation (another seed), with the learning rate halved and the
 cross-entropy class-balanced (positive weight (1 - p) / p for label prior p, output bias 0),
-at most ``max_restarts`` times. ``history`` records every attempt.
+at most ``max_restarts`` times (never when the training labels hold no vessel pixel at all:
+then an empty prediction is what the data teach). ``history`` records every attempt.
 """
 import dataclasses
 import time
@@ -186,6 +187,8 @@ class UNetConfig:
     loss: str = "dice_bce"            # LOSSES; restarts after a collapse always use dice_bce
     max_restarts: int = 2             # re-initialisations after a detected collapse
     collapse_patience: int = 2        # epochs empty + stuck before restarting early
+    early_stop_patience: int = 3      # stop after this many epochs without a better val
+                                      # score (0: never); a perfect score (1.0) stops at once
 
 
 def dataset_dice(model: tf.keras.Model, dataset: tf.data.Dataset,
@@ -266,6 +269,11 @@ def _attempt_settings(config: UNetConfig, attempt: int, prior: float) -> dict:
             "output_bias": 0.0, "pos_weight": float(min(max(balanced, 1.0), 100.0))}
 
 
+def _no_progress(h: dict, epoch: int, patience: int) -> bool:
+    """Early stop: the best validation score is perfect, or ``patience`` epochs old."""
+    return patience > 0 and (h["best_val_dice"] >= 1.0 or epoch - h["best_epoch"] >= patience)
+
+
 def _train_attempt(train_ds, val_ds, config: UNetConfig, settings: dict, probe) -> dict:
     """One training from a fresh initialisation; stops early on a collapse (is_collapsed)."""
     tf.keras.utils.set_random_seed(settings["seed"])
@@ -307,6 +315,8 @@ def _train_attempt(train_ds, val_ds, config: UNetConfig, settings: dict, probe) 
         if is_collapsed(h["loss"], h["val_dice"], h["probe_positives"], config.collapse_patience):
             h["collapsed"] = True
             break
+        if _no_progress(h, epoch, config.early_stop_patience):
+            break
     # The selected epoch predicts nothing anywhere: collapsed as well.
     h["collapsed"] = h["collapsed"] or (h["best_val_dice"] <= 0.0 and best_positives == 0)
     model.set_weights(h["best_weights"])
@@ -324,7 +334,9 @@ def train_unet(train: Union[tf.data.Dataset, Arrays],
     whole validation volumes), called after every epoch. Model selection uses ``val`` only,
     never test data. Sets the global random seeds (tf.keras.utils.set_random_seed).
     A collapsed attempt (module docstring) is restarted up to ``config.max_restarts`` times.
-    history (of the last attempt): per-epoch ``loss`` (mean training loss) and ``val_dice``,
+    Training stops early after ``config.early_stop_patience`` epochs without a better
+    validation score. history (of the last attempt): per-epoch ``loss`` (mean training loss)
+    and ``val_dice`` (as many as epochs run),
     ``best_epoch`` (0-based argmax of val_dice; the first on ties), ``best_val_dice``; plus
     ``label_prior``, ``restarts``, ``collapsed`` (the returned model still is) and
     ``attempts`` (per attempt: settings, loss, val_dice, probe_positives, collapsed).
@@ -343,7 +355,7 @@ def train_unet(train: Union[tf.data.Dataset, Arrays],
                                 _attempt_settings(config, attempt, prior), probe)
         attempts.append({k: result[k] for k in ("settings", "loss", "val_dice",
                                                 "probe_positives", "collapsed")})
-        if not result["collapsed"]:
+        if not result["collapsed"] or prior == 0.0:   # no vessel labels: nothing to restart for
             break
         logging.warning("U-Net collapsed (empty prediction, loss %.4f) in attempt %d%s",
                         result["loss"][-1], attempt + 1,

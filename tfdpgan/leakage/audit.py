@@ -11,14 +11,17 @@ institution. It does not change the run's privacy guarantee (it spends no ε and
 
 Steps, each in its module:
   real       members (the run's training patients) and non-members (its val and test
-             patients), an equal number of random patches from every patient
+             patients), an equal number of random patches from every patient; on a canaried
+             data set the canary patients are left out of (a) and (b) and measured in (c)
   critic     (a) white-box: the restored critic's score D(x), raw and calibrated
   distances  (a) black-box: distance to the nearest synthetic pair; (b) memorisation
   attacks    ROC AUC, TPR at FPR 1 % / 0.1 %, per patch and per patient, and the bound
              TPR ≤ e^ε·FPR + δ that the card's (ε, δ) puts on any attack (group privacy for a
              patient under a per-patch guarantee)
   report     audit.json, AUDIT.md, near_copies.png
-(c) Canaries are not implemented (they need a retraining with planted records).
+  exposure   (c) canaries, when the run's data set holds them (tfdpgan.leakage.canaries):
+             how far the critic and the generator single out the planted signatures among
+             never-inserted candidates, next to the DP bound for a canary
 
 The run is rebuilt from its workdir (tfdpgan.workdir names, tfdpgan.gan.run settings); the
 synthetic pairs come from the exported generator (tfdpgan.gan.export / sample), as a
@@ -27,6 +30,7 @@ recipient would get them.
 import dataclasses
 import os
 import time
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -35,7 +39,8 @@ from absl import logging
 from tfdpgan import errors, workdir
 from tfdpgan.data import records
 from tfdpgan.gan import export, sample
-from tfdpgan.leakage import attacks, critic, distances, real, report
+from tfdpgan.leakage import (attacks, canaries, critic, distances, exposure, real,
+                             report)
 
 __all__ = ["AuditConfig", "AuditInputs", "check_inputs", "audit_workdir", "assemble_result",
            "per_patient_rows"]
@@ -54,6 +59,7 @@ class AuditConfig:
     num_png: int = 16                 # near-copies shown in near_copies.png
     chunk: int = 1024                 # query rows per distance block
     batch_size: int = 256             # critic batch
+    canary_base_patches: int = 64     # held-out patches that carry each canary candidate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +78,9 @@ def _check_settings(config: AuditConfig):
     if config.num_synthetic < 1:
         raise errors.SettingsError(
             f"--num_synthetic must be positive, got {config.num_synthetic}")
+    if config.canary_base_patches < 1:
+        raise errors.SettingsError(
+            f"--canary_base_patches must be positive, got {config.canary_base_patches}")
     if config.max_patches < 0:
         raise errors.SettingsError(f"--max_patches must be >= 0, got {config.max_patches}")
 
@@ -104,11 +113,8 @@ def check_inputs(run_dir: str, overwrite: bool) -> AuditInputs:
     return AuditInputs(run, checkpoint, generator, card, out)
 
 
-def _critic_attacks(config: AuditConfig, inputs: AuditInputs, patches: real.RealPatches,
-                    patch_size: int) -> dict:
+def _critic_attacks(config: AuditConfig, net, patches: real.RealPatches) -> dict:
     """{"critic": ..., "critic_calibrated": ...} (the latter only with ``calibrate``)."""
-    logging.info("restoring the critic from %s", inputs.checkpoint)
-    net = critic.restore_critic(inputs.run, inputs.checkpoint, patch_size)
     raw, cal = critic.critic_scores(net, patches.images, patches.labels, config.batch_size,
                                     config.calibrate)
     out = {"critic": attacks.attack_from_scores(patches, raw)}
@@ -144,9 +150,10 @@ def _finite(x):
 
 def assemble_result(config: AuditConfig, inputs: AuditInputs, rec_dir: str,
                     patches: real.RealPatches, attack_results: dict, memorisation: dict,
-                    seconds: float) -> dict:
+                    seconds: float, canary_result: Optional[dict] = None) -> dict:
     """audit.json's object (JSON-ready) from the steps' results. ``attack_results``: attack
-    name -> attack_from_scores output, in the order of audit.json."""
+    name -> attack_from_scores output, in the order of audit.json; ``canary_result``:
+    exposure.canary_exposure (None without canaries)."""
     per_patient, attack_section = {}, {}
     for name, attack in attack_results.items():
         attack = dict(attack)
@@ -158,10 +165,11 @@ def assemble_result(config: AuditConfig, inputs: AuditInputs, rec_dir: str,
         "checkpoint": os.path.basename(inputs.checkpoint),
         "settings": dataclasses.asdict(config),
         "privacy": attacks.privacy_section(inputs.card, patches),
-        "counts": real.counts(patches),
+        "counts": dict(real.counts(patches), excluded_canary_patients=sorted(
+            (canary_result or {}).get("patients", {}))),
         "attacks": attack_section,
         "memorisation": memorisation,
-        "canaries": None,
+        "canaries": canary_result,
         "distance": "RMS over image and label channels in [-1, 1] (label {0,1} -> {-1,1})",
         "seconds": None,
         "per_patient": per_patient_rows(patches, per_patient),
@@ -178,19 +186,29 @@ def audit_workdir(config: AuditConfig) -> dict:
     rec_dir = real.run_data_dir(inputs.run)
     patch_size = int(records.read_dataset_json(rec_dir)["patch_size"])
     started = time.time()
-    patches = real.load_real(rec_dir, config.max_patches, config.seed)
+    info = records.read_dataset_json(rec_dir)
+    canary_ids = sorted((canaries.read_canaries(info) or {}).get("patients", {}))
+    loaded = real.load_real(rec_dir, config.max_patches, config.seed)
+    patches = real.drop_patients(loaded, canary_ids)   # (c) measures the canaries themselves
     logging.info("real patches: %d members (%d patients), %d non-members (%d patients)",
                  int(patches.member.sum()), int(patches.patient_member.sum()),
                  int((~patches.member).sum()), int((~patches.patient_member).sum()))
-    attack_results = _critic_attacks(config, inputs, patches, patch_size)
+    logging.info("restoring the critic from %s", inputs.checkpoint)
+    net = critic.restore_critic(inputs.run, inputs.checkpoint, patch_size)
+    attack_results = _critic_attacks(config, net, patches)
     syn_images, syn_labels = _synthetic(config, inputs.generator, patch_size)
+    held = ~patches.member
+    canary_result = exposure.canary_exposure(
+        info, inputs.card, patches.images[held],
+        patches.labels[held], net, syn_images, syn_labels, config.canary_base_patches,
+        config.seed, config.batch_size)
     gm = distances.generator_and_memorisation(
         patches, syn_images, syn_labels, seed=config.seed,
         percentile=config.near_copy_percentile, ratio_draws=config.ratio_draws,
         chunk=config.chunk)
     attack_results["generator"] = gm["generator_attack"]
     result = assemble_result(config, inputs, rec_dir, patches, attack_results,
-                             gm["memorisation"], time.time() - started)
+                             gm["memorisation"], time.time() - started, canary_result)
     png = report.near_copies_grid(syn_images, syn_labels, patches, gm["_d_train"],
                                   gm["_nearest_train"], config.num_png)
     report.write_outputs(inputs.out, result, png, config.overwrite)

@@ -19,7 +19,7 @@ from tfdpgan.data import default_data, pipeline, records
 from tfdpgan.gan import run as gan_run
 
 __all__ = ["HELD_OUT_SPLITS", "RealPatches", "run_data_dir", "patches_per_patient_cap",
-           "load_real", "counts"]
+           "load_real", "drop_patients", "counts"]
 
 HELD_OUT_SPLITS = ("val", "test")
 
@@ -110,6 +110,23 @@ def load_real(rec_dir: str, max_patches: int, seed: int) -> RealPatches:
         split_of += [split] * len(arrays.patient_ids)
     return RealPatches(np.concatenate(images), np.concatenate(labels), np.concatenate(index),
                        ids, np.asarray(member, bool), split_of, cap)
+
+
+def drop_patients(real: RealPatches, exclude) -> RealPatches:
+    """``real`` without the patients in ``exclude`` (e.g. the canary patients of a canaried
+    data set, whose planted signatures would otherwise dominate the membership attacks)."""
+    exclude = set(exclude)
+    keep_patient = np.array([pid not in exclude for pid in real.patient_ids], bool)
+    if keep_patient.all():
+        return real
+    new_index = np.cumsum(keep_patient) - 1
+    rows = keep_patient[real.patient_index]
+    return RealPatches(
+        real.images[rows], real.labels[rows], new_index[real.patient_index[rows]],
+        [p for p, k in zip(real.patient_ids, keep_patient) if k],
+        real.patient_member[keep_patient],
+        [s for s, k in zip(real.patient_split, keep_patient) if k],
+        real.patches_per_patient_cap)
 
 
 def counts(real: RealPatches) -> dict:

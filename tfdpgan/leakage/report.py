@@ -121,6 +121,9 @@ def _header_lines(result: dict) -> list:
            f"At most {c['patches_per_patient_cap']} random patches per patient (the same "
            f"share from every patient, so that no split exceeds "
            f"{result['settings']['max_patches']})."),
+    ] + ([f"- The canary patients ({', '.join(c['excluded_canary_patients'])}) are left out "
+          f"of (a) and (b); their exposure is (c)."] if c.get("excluded_canary_patients")
+         else []) + [
         f"- Synthetic pairs sampled from `generator/`: {m['num_synthetic']} "
         f"(seed {result['settings']['seed']}).", "",
     ]
@@ -264,9 +267,41 @@ def _near_copy_lines(m: dict) -> list:
     return lines
 
 
-def _canary_lines() -> list:
-    return ["## (c) Canaries", "",
-            "Not run: planting canary records needs a separate training run.", ""]
+def _exposure_row(name: str, e: dict, bound: Optional[dict]) -> str:
+    cells = [_tpr_cell(e, f) + (f" (≤ {_pct(bound['tpr'][fpr_key(f)])})" if bound else "")
+             for f in (0.01, 0.001)]
+    return (f"| {name} | {_f(e['auc'])} | {cells[0]} | {cells[1]} | "
+            f"{_f(e['mean_exposure_bits'], 2)} of {_f(e['max_exposure_bits'], 2)} |")
+
+
+def _canary_lines(canary: Optional[dict]) -> list:
+    """(c): the exposure of planted canaries (tfdpgan.leakage.exposure), or why there is none."""
+    if not canary:
+        return ["## (c) Canaries", "",
+                "Not run: the run's data set holds no canaries (make one with "
+                "tfdpgan.leakage.canaries.make_canary_dataset and train on it).", ""]
+    bound = canary.get("dp_bound")
+    g = canary["generator"]
+    lines = [
+        "## (c) Canaries", "",
+        f"{_n(len(canary['patients']), 'training patient')} carry a planted signature (straight "
+        f"bright labelled lines at a fixed place in every patch), each drawn from "
+        f"{canary['num_candidates']} candidates; the never-inserted candidates are the "
+        f"reference. **No exposure: AUC 0.5, TPR = FPR, ≈ 1 bit.** Critic: mean D over "
+        f"{canary['base_patches']} held-out patches with the candidate stamped in. Generator: "
+        f"99th percentile over {canary['num_synthetic']} synthetic pairs of the share of the "
+        f"signature's pixels they label vessel and show bright.", "",
+        "| score | AUC | TPR @ FPR 1 % | TPR @ FPR 0.1 % | exposure (bits) |", "|---|---|---|---|---|",
+        _exposure_row("critic (white-box)", canary["critic"], bound),
+        _exposure_row("generator (black-box)", g, bound), "",
+        f"- Synthetic pairs reproducing ≥ {100 * g['reproduced_threshold']:.0f} % of a "
+        f"signature: inserted {_pct(g['reproduction_inserted'])}, never inserted "
+        f"{_pct(g['reproduction_other'])}.",
+    ]
+    if bound:
+        lines.append(f"- (≤ x): the DP bound e^ε·FPR + δ for a canary, a group of "
+                     f"{_n(bound['group_size'], 'record')} (group privacy).")
+    return lines + [""]
 
 
 def _per_patient_lines(result: dict) -> list:
@@ -290,7 +325,7 @@ def render_markdown(result: dict) -> str:
     lines = (_header_lines(result) + _attack_intro_lines() + _attack_table_lines(result)
              + _attack_note_lines(result["privacy"].get("bounds"))
              + _dp_bound_lines(result["privacy"]) + _critic_mean_lines(result)
-             + _ratio_lines(m) + _near_copy_lines(m) + _canary_lines()
+             + _ratio_lines(m) + _near_copy_lines(m) + _canary_lines(result.get("canaries"))
              + _per_patient_lines(result) + [f"Computed in {result['seconds']} s."])
     return "\n".join(lines) + "\n"
 
@@ -314,4 +349,14 @@ def summary(result: dict) -> str:
     lines.append(f"  memorisation: d_train/d_held median {_f(r['median'])}, fraction < 1 "
                  f"{_f(r['fraction_below_1'])}; near-copies {m['near_copies']}/"
                  f"{m['num_synthetic']} (τ {_f(m['tau'], 4)})")
+    canary = result.get("canaries")
+    if canary:
+        bound = canary["dp_bound"]
+        for name in ("critic", "generator"):
+            e = canary[name]
+            text = (f"  canary exposure, {name:9s} AUC {_f(e['auc'])}  TPR@1% "
+                    f"{_pct(e['tpr_at_fpr']['0.01'])}  {_f(e['mean_exposure_bits'], 2)} bits")
+            if bound:
+                text += f" (DP bound {_pct(bound['tpr']['0.01'])})"
+            lines.append(text)
     return "\n".join(lines)
