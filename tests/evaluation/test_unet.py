@@ -85,6 +85,7 @@ def test_collapse_detector():
     assert not unet.is_collapsed(stuck[:2], [0.0, 0.0], [0, 0], patience=2)        # too early
 
 
+@pytest.mark.slow
 def test_collapse_is_detected_and_restarted_on_hard_pairs():
     """Very sparse, noisy labels: the first attempt (prior bias: predicts the base rate, i.e.
     nothing) sits at the empty prediction; the detector fires and the restart (class-balanced

@@ -1,0 +1,200 @@
+"""What an evaluation reads: the run (data set, privacy card, synthetic source), the
+validation and test cases, and the training arrays of each row.
+
+Nothing here reads patient image data except real_arrays (the real training patches of the
+``real_train`` row and of FID's floor); test volumes are only located and checked to exist.
+"""
+import dataclasses
+import hashlib
+import json
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from tfdpgan import errors, workdir
+from tfdpgan.data import patches, pipeline, records, volumes
+from tfdpgan.evaluation.config import EvalConfig
+from tfdpgan.gan import export, sample
+
+__all__ = ["Run", "load_run", "read_json_or_none", "read_dataset", "split_cases",
+           "check_exists", "test_cases", "synthetic_arrays", "binarize_labels", "real_arrays",
+           "normalised"]
+
+
+@dataclasses.dataclass
+class Run:
+    rec_dir: str
+    info: dict                     # dataset.json of the run's data
+    patch_size: int
+    card: Optional[dict]           # privacy card of the generator (None: no generator)
+    generator_dir: Optional[str]   # None when training on --synthetic or only baselines
+    source_sha256: Optional[str]   # identity of the synthetic source (generator or folder)
+
+
+def read_json_or_none(path: str) -> Optional[dict]:
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_dataset(rec_dir: str, what: str) -> dict:
+    """dataset.json of a TFRecord folder; EvaluationError naming the flag if missing."""
+    try:
+        return records.read_dataset_json(rec_dir)
+    except FileNotFoundError as e:
+        raise errors.EvaluationError(f"{what}: {e}") from e
+
+
+def _sha256_files(paths: Sequence[str], root: str) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(os.path.relpath(path, root).encode())
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _tree_files(root: str) -> List[str]:
+    return [os.path.join(folder, name) for folder, _, names in os.walk(root) for name in names]
+
+
+def _run_data(config: EvalConfig) -> str:
+    if config.data is not None:
+        return config.data
+    if not workdir.has_run(config.workdir):
+        raise errors.EvaluationError(
+            f"{workdir.path(config.workdir, workdir.RUN_JSON)}: not found; is {config.workdir}"
+            f" a training workdir? (or pass --data=REC, the run's data set)")
+    rec_dir = workdir.read_run(config.workdir).get("data")
+    if not rec_dir:
+        raise errors.EvaluationError(f"{workdir.path(config.workdir, workdir.RUN_JSON)} names "
+                                     f"no data set; pass --data=REC")
+    return rec_dir
+
+
+def _synthetic_source(config: EvalConfig, info: dict, rec_dir: str):
+    """(card, generator_dir, source_sha256) of the synthetic row's source."""
+    generator_dir = workdir.path(config.workdir, workdir.GENERATOR)
+    if config.synthetic:
+        syn_info = read_dataset(config.synthetic, "--synthetic")
+        if syn_info["patch_size"] != info["patch_size"]:
+            raise errors.EvaluationError(
+                f"{config.synthetic}: synthetic patch size {syn_info['patch_size']} differs "
+                f"from the data set's {info['patch_size']} ({rec_dir})")
+        card = read_json_or_none(os.path.join(config.synthetic, workdir.PRIVACY_JSON))
+        sha = _sha256_files(records.shard_paths(config.synthetic, "train")
+                            + [os.path.join(config.synthetic, records.DATASET_JSON)],
+                            config.synthetic)
+        return card, None, sha
+    if os.path.isfile(os.path.join(generator_dir, "saved_model.pb")):
+        card = read_json_or_none(workdir.generator_card_path(generator_dir))
+        return card, generator_dir, _sha256_files(_tree_files(generator_dir), generator_dir)
+    if config.real_train:
+        return None, None, None   # baselines only
+    raise errors.EvaluationError(f"{generator_dir}: no exported generator (saved_model.pb); "
+                                 f"train first, or pass --synthetic=DIR or --real_train=REC")
+
+
+def load_run(config: EvalConfig) -> Run:
+    """The run's data set, privacy card and synthetic source (no patient data read)."""
+    rec_dir = _run_data(config)
+    try:
+        info = records.read_dataset_json(rec_dir)
+    except FileNotFoundError as e:
+        raise errors.EvaluationError(str(e)) from e
+    card, generator_dir, source_sha = _synthetic_source(config, info, rec_dir)
+    run_card = workdir.path(config.workdir, workdir.PRIVACY_JSON)
+    if card is None and os.path.isfile(run_card):
+        card = read_json_or_none(run_card)
+    return Run(os.path.abspath(rec_dir), info, int(info["patch_size"]), card, generator_dir,
+               source_sha)
+
+
+def split_cases(info: dict, split: str) -> List[volumes.Case]:
+    """The NIfTI cases of a split of a converted data set (dataset.json "files")."""
+    cases = []
+    for pid in info["splits"].get(split, {}).get("patients", []):
+        files = info["patients"][pid].get("files")
+        if not files:
+            raise errors.EvaluationError(f"dataset.json lists no source files for patient {pid}")
+        cases.append(volumes.Case(pid, files["image"], files["label"], files.get("mask")))
+    return cases
+
+
+def check_exists(cases: Sequence[volumes.Case], what: str):
+    """File existence only (no data read; test data stays untouched until the test phase)."""
+    for case in cases:
+        for path in (case.image, case.label, case.mask):
+            if path and not os.path.isfile(path):
+                raise errors.EvaluationError(f"{what} patient {case.patient_id}: {path}: "
+                                             f"not found")
+
+
+def test_cases(config: EvalConfig, run: Run) -> Tuple[List[volumes.Case], str]:
+    """(cases, description) of the test patients, disjoint from the run's train/val ids."""
+    if config.test_data:
+        try:
+            cases = volumes.find_cases(config.test_data, "Ts")
+        except volumes.InputError as e:
+            raise errors.EvaluationError(str(e)) from e
+        where = os.path.abspath(config.test_data)
+        if not cases:
+            raise errors.EvaluationError(f"{config.test_data}: no test cases (expected "
+                                         f"imagesTs/<case>.nii.gz and labelsTs/<case>.nii.gz)")
+    else:
+        cases = split_cases(run.info, "test")
+        where = f"test split of {run.rec_dir}"
+        if not cases:
+            raise errors.EvaluationError(f"{run.rec_dir}: the data set has no test patients; "
+                                         f"pass --test_data=DIR (imagesTs/ labelsTs/ [masksTs/])")
+    seen = {pid for split in ("train", "val")
+            for pid in run.info["splits"].get(split, {}).get("patients", [])}
+    leaked = sorted(c.patient_id for c in cases if c.patient_id in seen)
+    if leaked:
+        raise errors.EvaluationError(f"test patients {', '.join(leaked)} are training/"
+                                     f"validation patients of {run.rec_dir}")
+    check_exists(cases, "test")
+    return cases, where
+
+
+def binarize_labels(labels, threshold: float) -> np.ndarray:
+    """uint8 {0, 1}: label >= threshold (labels on the {0, 1} scale; 0/255 masks are divided
+    by 255 first)."""
+    labels = np.asarray(labels)
+    scale = 255.0 if labels.dtype == np.uint8 and labels.max(initial=0) > 1 else 1.0
+    return (labels.astype(np.float32) / scale >= threshold).astype(np.uint8)
+
+
+def synthetic_arrays(config: EvalConfig, run: Run) -> Tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of the synthetic row, labels binarised at config.label_threshold."""
+    if config.synthetic:
+        arrays = pipeline.load_arrays(config.synthetic, "train")
+        images, labels = np.asarray(arrays.images), np.asarray(arrays.labels)
+    else:
+        fn, latent_dim, patch = export.load_generator(run.generator_dir)
+        if patch != run.patch_size:
+            raise errors.EvaluationError(
+                f"{run.generator_dir}: generator patch size {patch} differs from the data "
+                f"set's {run.patch_size} ({run.rec_dir})")
+        images, labels = sample.generate(fn, latent_dim, config.num_synthetic, config.seed)
+    return images, binarize_labels(labels, config.label_threshold)
+
+
+def real_arrays(rec_dir: str, patch_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The real training patches of a TFRecord folder (memory-mapped when cached)."""
+    info = read_dataset(rec_dir, "--real_train")
+    if info["patch_size"] != patch_size:
+        raise errors.EvaluationError(f"{rec_dir}: patch size {info['patch_size']} differs from "
+                                     f"the evaluated data set's {patch_size}")
+    arrays = pipeline.load_arrays(rec_dir, "train")
+    return arrays.images, arrays.labels
+
+
+def normalised(vol: volumes.Volume, normalization: dict) -> np.ndarray:
+    """The volume's image normalised like the data set's patches (dataset.json's entry)."""
+    return patches.fit_normalization(
+        vol.image, vol.mask, normalization["method"], normalization["percentile"],
+        normalization["fixed_range"]).apply(vol.image)
