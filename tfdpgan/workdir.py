@@ -9,7 +9,8 @@ A workdir holds one run:
                    ledger.json counts critic steps run but discarded (divergence rollback)
   generator/       the exported generator SavedModel (card in assets.extra/)
   samples.png      a grid of generated pairs
-  eval/            tfdpgan.evaluate's report;  audit/  tfdpgan.audit's measurements
+  eval/            tfdpgan.evaluate's report (eval_models/: its selected U-Nets, reused)
+  audit/           tfdpgan.audit's measurements (reads private data: keep it private)
 plus TensorBoard event files. Only this module spells these names. No TensorFlow import.
 """
 import json
@@ -18,7 +19,7 @@ import os
 from tfdpgan import errors
 
 __all__ = ["FLAGS_TXT", "RUN_JSON", "PRIVACY_JSON", "PRIVACY_MD", "CHECKPOINTS", "GENERATOR",
-           "SAMPLES_PNG", "EVAL", "AUDIT", "LEDGER_JSON", "ASSETS_EXTRA", "NORMALIZATION_JSON",
+           "SAMPLES_PNG", "EVAL", "EVAL_MODELS", "AUDIT", "LEDGER_JSON", "ASSETS_EXTRA", "NORMALIZATION_JSON",
            "path", "read_json", "read_run", "read_card", "has_run", "is_finished",
            "generator_card_path"]
 
@@ -31,6 +32,7 @@ LEDGER_JSON = "ledger.json"      # inside checkpoints/: critic steps discarded b
 GENERATOR = "generator"
 SAMPLES_PNG = "samples.png"
 EVAL = "eval"
+EVAL_MODELS = "eval_models"      # selected U-Nets of tfdpgan.evaluate, reused across runs
 AUDIT = "audit"
 # Inside the generator SavedModel:
 ASSETS_EXTRA = "assets.extra"

@@ -125,14 +125,22 @@ def select(config: EvalConfig, run: inputs.Run, timing: dict) -> Selected:
 
 def to_input_orientation(binary: np.ndarray, vol: volumes.Volume) -> nib.Nifti1Image:
     """A NIfTI image of ``binary`` (RAS+ arrays of volumes.load_volume) on the input image's
-    own voxel grid: the input's orientation and affine."""
-    source = nib.load(vol.case.image)
+    own voxel grid: the input's orientation and affine (also for MetaImage/NRRD/DICOM input,
+    whose affine volumes.load_volume keeps as ``source_affine``)."""
+    codes = (1, 1)
+    source_affine = vol.source_affine
+    if str(vol.case.image).endswith((".nii", ".nii.gz")):
+        source = nib.load(vol.case.image)
+        source_affine = source.affine
+        codes = (int(source.header["qform_code"]) or 1, int(source.header["sform_code"]) or 1)
+    if source_affine is None:
+        source_affine = vol.affine
     transform = nib.orientations.ornt_transform(nib.io_orientation(vol.affine),
-                                                nib.io_orientation(source.affine))
+                                                nib.io_orientation(source_affine))
     data = nib.orientations.apply_orientation(binary, transform).astype(np.uint8)
-    image = nib.Nifti1Image(data, source.affine)
-    image.set_qform(source.affine, int(source.header["qform_code"]) or 1)
-    image.set_sform(source.affine, int(source.header["sform_code"]) or 1)
+    image = nib.Nifti1Image(data, source_affine)
+    image.set_qform(source_affine, codes[0])
+    image.set_sform(source_affine, codes[1])
     return image
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 
 import tfdpgan
-from tfdpgan import atomic
+from tfdpgan import atomic, workdir
 from tfdpgan.data import volumes
 from tfdpgan.evaluation import seg_metrics, stitching
 from tfdpgan.evaluation import unet as unet_lib
@@ -34,9 +34,8 @@ from tfdpgan.evaluation.inputs import Run, normalised, read_dataset, read_json_o
 __all__ = ["MODELS_DIR", "SELECTION_JSON", "holdout", "VolumeScorer", "choose_threshold",
            "row_key", "history_json", "train_selected", "threshold_selection"]
 
-# Folder of the selected U-Nets inside the training workdir. TODO(lead): move the name into
-# tfdpgan.workdir (EVAL_MODELS) with the other workdir names.
-MODELS_DIR = "eval_models"
+# Folder of the selected U-Nets inside the training workdir.
+MODELS_DIR = workdir.EVAL_MODELS
 SELECTION_JSON = "selection.json"
 
 
