@@ -187,7 +187,8 @@ def _canary_table(named):
     c = named[0][1]["canaries"]
     lines += ["", f"canaries: {len(c['patients'])} training patients "
               f"({', '.join(f'{n} patches' for n in c['num_patches'].values())}) carry one of "
-              f"{c['num_candidates']} candidate signatures; no exposure: AUC 0.5, TPR = FPR, "
+              f"{c['num_candidates']} candidate signatures (they are left out of the "
+              f"membership rows above); no exposure: AUC 0.5, TPR = FPR, "
               f"~1 bit; (<=x) = DP bound for a canary (group privacy over its patches under a "
               f"per-patch guarantee; group size "
               + ", ".join(f"{label} {r['canaries']['dp_bound']['group_size']}"
