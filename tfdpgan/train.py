@@ -20,7 +20,8 @@ FLAGS = flags.FLAGS
 
 
 def define_flags(fv: flags.FlagValues = FLAGS):
-    """Define the command-line flags on ``fv`` (only when run as a program, or in tests)."""
+    """Define the command-line flags on ``fv`` (only when run as a program, or in tests).
+    Long only because it lists every flag, one definition each."""
     fdef = cli.FlagDefiner(fv)
     d = run.TrainConfig(workdir="")
     g = d.gan

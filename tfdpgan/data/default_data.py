@@ -14,12 +14,15 @@ from typing import Tuple
 from absl import logging
 
 import tfdpgan
+from tfdpgan import paths
 from tfdpgan.data import convert, phantom, volumes
+
+__all__ = ["default_cache_dir", "PhantomDataConfig", "prepare"]
 
 
 def default_cache_dir() -> str:
-    return os.environ.get("TFDPGAN_CACHE",
-                          os.path.join(os.path.expanduser("~"), ".cache", "tfdpgan"))
+    """The cache root (tfdpgan.paths: $TFDPGAN_CACHE or ~/.cache/tfdpgan)."""
+    return paths.cache_root()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +58,7 @@ class PhantomDataConfig:
 
 def prepare(config: PhantomDataConfig = PhantomDataConfig(), cache_dir: str = None):
     """Make sure the phantom data set exists; returns (nifti_dir, records_dir)."""
-    root = os.path.join(cache_dir or default_cache_dir(), f"phantom-{config.key()}")
+    root = paths.phantom_cache_dir(config.key(), cache_dir)
     nifti_dir, rec_dir = os.path.join(root, "nifti"), os.path.join(root, "records")
     if not os.path.isdir(nifti_dir):
         logging.info("generating the phantom data set (%d + %d patients) into %s",

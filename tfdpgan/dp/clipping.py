@@ -300,6 +300,9 @@ def clipped_gradient_sum(model, per_example_loss_fn, inputs, l2_norm_clip,
       method: "auto" (per-layer rule), or "ghost"/"direct" for every layer.
       group_size: rows per record (static int >= 1).
 
+    Kept in one piece (the body is ~35 lines after this docstring): the tape, the recorded
+    calls and the per-layer terms share state that splitting would only pass around.
+
     Returns:
       (clipped_sum, per_record_norms): a list aligned with
       `model.trainable_variables`, and the unclipped norms ||g_i|| [B / k].
