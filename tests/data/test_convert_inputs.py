@@ -3,6 +3,7 @@ labels, MetaImage / NRRD / DICOM, world-grid compatibility, misnamed and unknown
 warnings. Every bad case: one message naming the file, nothing on disk."""
 import gzip
 import json
+import locale
 import os
 import shutil
 import subprocess
@@ -125,7 +126,16 @@ def test_nrrd_and_mhd_read_like_nifti(tmp_path):
 
 
 def _write_dicom_series(folder, array, affine=AFFINE):
-    """One DICOM file per axial slice (int16), as a scanner export would be."""
+    """One DICOM file per axial slice (int16), as a scanner export would be. (GDCM's writer
+    switches the C locale to "C": restored afterwards, as tfdpgan's reader does.)"""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_dicom_slices(folder, array, affine)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_slices(folder, array, affine):
     os.makedirs(folder)
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
     spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
@@ -164,7 +174,9 @@ def test_dicom_series_folder_per_patient(tmp_path):
     cases = volumes.find_cases(root)
     assert [(c.patient_id, os.path.isdir(c.image)) for c in cases] == [("pat0", True),
                                                                        ("pat1", True)]
+    encoding = locale.getpreferredencoding(False)
     vol = volumes.load_volume(cases[0])
+    assert locale.getpreferredencoding(False) == encoding   # GDCM must not leave "C" behind
     image, label, _ = _case_arrays(0)
     np.testing.assert_array_equal(vol.image, np.round(image))
     np.testing.assert_array_equal(vol.label, label)

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import gzip
 import hashlib
+import locale
 import os
 import zlib
 from typing import List, Optional, Sequence
@@ -100,13 +101,26 @@ def _check_sitk(path: str, shape: tuple, components: int):
         raise InputError(f"{path}: expected a 3-D volume, got shape {shape}")
 
 
+@contextlib.contextmanager
+def _keep_locale():
+    """SimpleITK's DICOM I/O (GDCM) switches the process's C locale to "C"; afterwards every
+    text file Python opens would default to ASCII (PRIVACY.md with "ε" fails). Restore it."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
 def _dicom_files(folder: str) -> List[str]:
     reader = sitk.ImageSeriesReader
-    series = reader.GetGDCMSeriesIDs(folder)
+    with _keep_locale():
+        series = reader.GetGDCMSeriesIDs(folder)
     if len(series) != 1:
         found = f"{len(series)} DICOM series" if series else "no DICOM series"
         raise InputError(f"{folder}: {found} found; expected one series per patient folder")
-    files = list(reader.GetGDCMSeriesFileNames(folder, series[0]))
+    with _keep_locale():
+        files = list(reader.GetGDCMSeriesFileNames(folder, series[0]))
     extra = sorted(set(os.listdir(folder)) - {os.path.basename(f) for f in files})
     if extra:
         path = os.path.join(folder, extra[0])
@@ -119,7 +133,8 @@ def _sitk_read(path: str, header_only: bool):
     if os.path.isdir(path):
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(_dicom_files(path))
-        return reader.Execute()
+        with _keep_locale():
+            return reader.Execute()
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
     if header_only:
