@@ -46,6 +46,8 @@ flags.DEFINE_float("learning_rate", 3e-4, "Adam learning rate (at 1e-3 the soft-
 flags.DEFINE_integer("batch_size", 32, "Patches per step.")
 flags.DEFINE_integer("epochs", 16, "Rounds of --steps_per_epoch training steps, each followed "
                      "by validation.")
+flags.DEFINE_integer("early_stop_patience", 0, "Stop after this many epochs without a better "
+                     "validation Dice (0 = train all --epochs; the evaluation's default is 3).")
 flags.DEFINE_integer("steps_per_epoch", 50, "Training steps between validations.")
 flags.DEFINE_bool("augment", True, "Random flips / 90-degree rotations.")
 flags.DEFINE_float("overlap", 0.5, "Tile overlap when segmenting whole volumes.")
@@ -96,7 +98,8 @@ def main(argv):
     config = unet.UNetConfig(
         base_filters=FLAGS.base_filters, depth=FLAGS.depth, learning_rate=FLAGS.learning_rate,
         batch_size=FLAGS.batch_size, augment=FLAGS.augment, epochs=FLAGS.epochs,
-        steps_per_epoch=FLAGS.steps_per_epoch, seed=FLAGS.seed)
+        steps_per_epoch=FLAGS.steps_per_epoch, seed=FLAGS.seed,
+        early_stop_patience=FLAGS.early_stop_patience)
     start = time.time()
     model, history = unet.train_unet((train.images, train.labels), val, config)
     train_seconds = time.time() - start
