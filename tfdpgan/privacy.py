@@ -36,10 +36,6 @@ def define_flags(fv: flags.FlagValues = FLAGS):
     fdef.DEFINE_enum("accountant", "pld", ["rdp", "pld"], "--plan: accountant.")
 
 
-def _fmt(x):
-    return "n/a" if x is None else f"{x:.3g}"
-
-
 def plan(fv: flags.FlagValues = FLAGS):
     num = fv.num_records
     if fv.data:
@@ -54,11 +50,12 @@ def plan(fv: flags.FlagValues = FLAGS):
         epsilon=fv.epsilon, noise_multiplier=fv.noise_multiplier, delta=fv.delta,
         accountant=fv.accountant, privacy_unit=fv.privacy_unit,
         patches_per_patient=fv.patches_per_patient)
+    fmt = privacy_card.format_value
     print(f"plan: per {card['privacy_unit']}, N = {num}, q = {card['sampling_rate']:.4g}, "
           f"{card['critic_steps']} critic steps, noise_multiplier "
           f"{card['noise_multiplier']:.4f}, delta {card['delta']:.3g}: epsilon "
-          f"{_fmt(card['epsilon'])} ({card['accountant']}; RDP {_fmt(card['epsilon_rdp'])}"
-          f", PLD {_fmt(card['epsilon_pld'])})")
+          f"{fmt(card['epsilon'])} ({card['accountant']}; RDP {fmt(card['epsilon_rdp'])}, "
+          f"PLD {fmt(card['epsilon_pld'])})")
     print(json.dumps(card, indent=2))
 
 

@@ -111,3 +111,16 @@ def test_modern_losses_train_privately_without_weight_clipping(patch_records, tm
     assert card["critic_steps"] == 4 and 2.7 <= card["epsilon"] <= 3.0
     _, gan, _ = run.restore(config.workdir)
     assert max(np.abs(v.numpy()).max() for v in gan.critic.trainable_variables) > 0.01
+
+
+def test_restore_refuses_a_checkpoint_of_other_networks(patch_records, tmp_path):
+    """run.restore never hands back silently random networks (export, --init_from)."""
+    config = _config(tmp_path, patch_records, "w", critic_steps=2)
+    training.train(config)
+    run_json = workdir.path(config.workdir, workdir.RUN_JSON)
+    import json
+    record = json.load(open(run_json))
+    record["base_filters"] = 8          # the rebuilt networks no longer fit the checkpoint
+    json.dump(record, open(run_json, "w"))
+    with pytest.raises(errors.WorkdirError, match="does not match"):
+        run.restore(config.workdir)

@@ -22,7 +22,7 @@ from tfdpgan import atomic, errors, workdir
 from tfdpgan.dp import accounting
 
 __all__ = ["UNITS", "PLURAL", "Plan", "make_plan", "count_records", "make_card", "plan_card",
-           "render_markdown", "write_card", "tf_privacy_statement"]
+           "render_markdown", "write_card", "tf_privacy_statement", "format_value"]
 
 UNITS = ("patch", "patient")
 PLURAL = {"patch": "patches", "patient": "patients"}
@@ -182,8 +182,9 @@ def _guarantee_lines(card: dict) -> list:
         f"(add/remove one {unit}), for the release of the generator and of everything "
         f"sampled from it.", "",
         f"- Accountant used for the guarantee: `{card['accountant']}`; "
-        f"RDP ε = {_fmt(card['epsilon_rdp'])}, PLD ε = {_fmt(card['epsilon_pld'])}.",
-        f"- Target ε: {_fmt(card['target_epsilon'])}.",
+        f"RDP ε = {format_value(card['epsilon_rdp'])}, "
+        f"PLD ε = {format_value(card['epsilon_pld'])}.",
+        f"- Target ε: {format_value(card['target_epsilon'])}.",
         f"- Critic steps run: {card['critic_steps']}; sampling: {card['sampling']} with "
         f"rate q = {card['sampling_rate']:.4g} (expected batch "
         f"{card['expected_batch_size']:g} of {card['num_records']} {PLURAL[unit]}).",
@@ -211,7 +212,7 @@ def _patient_meaning_lines(card: dict) -> list:
         lines += [
             "**What this means for a patient:** the unit is a single 2-D patch, and each "
             f"patient contributed up to {k} patches. By group privacy the guarantee for a "
-            f"whole patient is only ({_fmt(eps_k)}, {_fmt(delta_k)})-DP, which for "
+            f"whole patient is only ({format_value(eps_k)}, {format_value(delta_k)})-DP, which for "
             "large k is no meaningful protection. A patient-level guarantee needs "
             "patient-level DP (one record per patient), which this run did not use.", ""]
     return lines
@@ -242,7 +243,8 @@ def _scope_lines(card: dict) -> list:
     ]
 
 
-def _fmt(x):
+def format_value(x) -> str:
+    """A privacy number for people: 3 significant digits, 'n/a' for None."""
     return "n/a" if x is None else f"{x:.3g}"
 
 

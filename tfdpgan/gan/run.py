@@ -150,7 +150,8 @@ def plan_from_run(run: dict) -> privacy_card.Plan:
 
 def restore(run_dir: str) -> Tuple[TrainConfig, wgan.WGAN, dict]:
     """(config, gan, run.json object) of the run in ``run_dir``, networks and optimizers
-    restored from its latest checkpoint. WorkdirError if it has none."""
+    restored from its latest checkpoint. WorkdirError if it has none, or if the checkpoint's
+    networks do not match the run's settings."""
     run = workdir.read_run(run_dir)
     config = config_from_run(run)
     patch_size = records.read_dataset_json(run["data"])["patch_size"]
@@ -159,7 +160,13 @@ def restore(run_dir: str) -> Tuple[TrainConfig, wgan.WGAN, dict]:
     latest = tf.train.latest_checkpoint(workdir.path(run_dir, workdir.CHECKPOINTS))
     if latest is None:
         raise errors.WorkdirError(f"{run_dir}: no checkpoint (has the run started?)")
-    ckpt.restore(latest).expect_partial()
+    try:
+        status = ckpt.restore(latest)
+        status.assert_existing_objects_matched()   # never return silently random networks
+    except (AssertionError, ValueError) as e:
+        raise errors.WorkdirError(f"{latest}: the checkpoint does not match the run's "
+                                  f"settings ({str(e)[:200]})") from None
+    status.expect_partial()
     return config, gan, run
 
 
