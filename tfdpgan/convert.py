@@ -101,6 +101,9 @@ def main(argv):
         if not os.path.isdir(FLAGS.data_dir):
             raise errors.MissingFileError(f"{FLAGS.data_dir}: no such folder")
         train = volumes.find_cases(FLAGS.data_dir, "Tr", FLAGS.ignore)
+        if not train:
+            raise errors.InputDataError(f"{FLAGS.data_dir}: no training cases found (expected "
+                                        f"imagesTr/ and labelsTr/ with one file per patient)")
         test = volumes.find_cases(FLAGS.data_dir, "Ts", FLAGS.ignore) \
             if FLAGS.include_test else []
         source_labels = (volumes.read_nnunet_json(FLAGS.data_dir) or {}).get("labels")

@@ -82,6 +82,9 @@ def describe_file(path: str) -> str:
         compressed, kind = _sniff(path)
     except OSError as e:
         return f"cannot read it ({e})"
+    if kind == "nifti" and name.endswith((".hdr", ".img")):
+        return ("the header of an Analyze / NIfTI .hdr+.img pair; save each pair as one "
+                ".nii.gz (e.g. nibabel.save(nibabel.load('x.hdr'), 'x.nii.gz'))")
     if kind == "nifti":
         right = ".nii.gz" if compressed else ".nii"
         if name.endswith(right) and not (right == ".nii" and name.endswith(".nii.gz")):
@@ -230,7 +233,7 @@ def read_manifest(csv_path: str) -> List[Case]:
     relative to the CSV's folder)."""
     base = os.path.dirname(os.path.abspath(csv_path))
     try:
-        with open(csv_path, newline="") as f:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:   # Excel writes a BOM
             rows = list(csv.DictReader(f))
     except FileNotFoundError as e:
         raise errors.MissingFileError(f"{csv_path}: manifest not found") from e

@@ -15,7 +15,10 @@ patches come from its own RNG (seed, patient id) and pieces are written in case 
 shards are byte-identical for any ``workers``.
 
 Warnings (pre-masked images, CT-like negative intensities, a field of view barely larger than
-the patch) are logged and stored in dataset.json under ``warnings``; they never stop a run.
+the patch, fewer patches than asked, a label that misses the bright voxels as one of another
+patient would) are logged and stored in dataset.json under ``warnings``; they never stop a
+run. A patient whose image file (SHA-256) appears under two ids is refused: the privacy unit
+is the patient, and a copy counts one person twice.
 """
 import contextlib
 import dataclasses
@@ -132,9 +135,20 @@ def convert_patient(job: Tuple[volumes.Case, ConvertConfig]) -> PatientResult:
     warnings = [f"{case.image}: {w}" for w in (
         normalization.intensity_warnings(vol.image, vol.mask)
         + patches.field_of_view_warnings(vol.image.shape, config.patch_size))]
+    warnings += [f"{case.label}: {w}" for w in normalization.label_warnings(
+        vol.image, vol.label, vol.mask)]
     rng = _patient_rng(config.seed, case.patient_id)
     centres = patches.sample_centres(vol.label, vol.mask, config.patches_per_patient,
                                      config.vessel_fraction, config.patch_size, rng)
+    if len(centres) < config.patches_per_patient:
+        if not len(centres):
+            raise errors.InputDataError(
+                f"{case.mask or case.image}: no {config.patch_size}x{config.patch_size} patch "
+                f"fits around any in-brain voxel (the brain lies within half a patch of the "
+                f"slice border)")
+        warnings.append(f"{case.image}: only {len(centres)} of {config.patches_per_patient} "
+                        f"patches fit (distinct centres at least half a patch inside the "
+                        f"slice, in the brain)")
     images, origins = patches.extract(norm.apply(vol.image), centres, config.patch_size)
     labels, _ = patches.extract(vol.label, centres, config.patch_size)
     records = shards.encode_examples(images, labels, case.patient_id, origins)
@@ -225,6 +239,7 @@ def convert(train_cases: Sequence[volumes.Case], out_dir: str, config: ConvertCo
         try:
             with _mapper(workers or default_workers(), len(jobs)) as mapper:
                 for done, result in enumerate(mapper(convert_patient, jobs), start=1):
+                    _check_not_duplicate(result, patients)
                     split = split_of[result.patient_id]
                     writers[split].write_chunk(splits[split].index(result.patient_id),
                                                result.chunk)
@@ -243,6 +258,18 @@ def convert(train_cases: Sequence[volumes.Case], out_dir: str, config: ConvertCo
                              source_labels=source_labels)
         atomic.write_json_atomic(os.path.join(staging, shards.DATASET_JSON), info)
     return info
+
+
+def _check_not_duplicate(result: PatientResult, patients: dict):
+    """Refuse one patient under two ids (the same image file, by SHA-256): the privacy unit
+    is the patient, and a copy would count one person twice (and leak test into train)."""
+    digest = result.info["sha256"]["image"]
+    for pid, other in patients.items():
+        if other["sha256"]["image"] == digest:
+            raise errors.InputDataError(
+                f"{result.info['files']['image']}: the same image file (SHA-256 "
+                f"{digest[:12]}...) as patient {pid!r} ({other['files']['image']}): one "
+                f"patient under two ids would be counted twice; remove the copy")
 
 
 def _dataset_info(config, splits, patients, writers, converter_flags) -> dict:

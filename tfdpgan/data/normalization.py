@@ -1,5 +1,5 @@
 """Intensity normalisation of a volume to [-1, 1], and warnings about intensities that do not
-look like a TOF-MRA magnitude image.
+look like a TOF-MRA magnitude image or a label that misses its bright vessels.
 
 Normalisation maps raw intensities to [-1, 1] by an invertible affine map on a clip range:
   ``percentile``: per volume, [0, p] where p is the given percentile of the in-brain voxels
@@ -15,7 +15,7 @@ import numpy as np
 from tfdpgan import errors
 
 __all__ = ["NORMALIZATIONS", "Normalization", "fit_normalization", "intensity_warnings",
-           "PREMASKED_FRACTION", "NEGATIVE_FRACTION"]
+           "label_warnings", "PREMASKED_FRACTION", "NEGATIVE_FRACTION", "BRIGHT_OVERLAP_MIN"]
 
 NORMALIZATIONS = ("percentile", "fixed")
 # Warn when more than this share of the in-brain voxels sits exactly at the image minimum
@@ -24,6 +24,10 @@ PREMASKED_FRACTION = 0.5
 # Warn when more than this share of the voxels is negative (TOF-MRA magnitude images are
 # non-negative; CT angiograms in Hounsfield units are not).
 NEGATIVE_FRACTION = 0.01
+# Warn when fewer than this share of the in-brain vessel voxels are among the brightest
+# in-brain voxels (as many as there are vessel voxels): in TOF-MRA vessels are the bright
+# structures, so a label drawn on another patient overlaps them only at chance level.
+BRIGHT_OVERLAP_MIN = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,3 +81,23 @@ def intensity_warnings(image: np.ndarray, mask: np.ndarray) -> List[str]:
                    f"is this a CT angiogram in Hounsfield units? Percentile normalisation "
                    f"clips negative values to -1")
     return out
+
+
+def label_warnings(image: np.ndarray, label: np.ndarray, mask: np.ndarray) -> List[str]:
+    """A warning (without the file name) if the vessel label does not lie on the bright
+    voxels: of the n in-brain vessel voxels, the share that is among the n brightest in-brain
+    voxels (chance level: n / in-brain voxels). Near zero for a label of another patient."""
+    brain = mask > 0
+    vessel = (label > 0) & brain
+    n, n_brain = int(np.count_nonzero(vessel)), int(np.count_nonzero(brain))
+    if n == 0:
+        return ["no vessel voxel of the label lies inside the brain mask: is the label (or "
+                "the mask) of another patient?"]
+    threshold = np.partition(image[brain], n_brain - n)[n_brain - n]
+    overlap = float(np.count_nonzero(image[vessel] >= threshold)) / n
+    if overlap < BRIGHT_OVERLAP_MIN:
+        return [f"only {100 * overlap:.0f} % of the label's vessel voxels are among the "
+                f"{n} brightest in-brain voxels (chance level {100 * n / n_brain:.0f} %; "
+                f"vessels are bright in TOF-MRA): is the label of another patient, or "
+                f"misaligned?"]
+    return []

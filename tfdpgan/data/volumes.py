@@ -16,7 +16,9 @@ are fine).
 Labels: ``vessel_labels`` lists the label values that mean vessel. Default (None): every
 non-zero value (multi-class labels such as TopCoW's 0-12, and 0/255 masks), except that a
 label whose only non-zero value is neither 1 nor 255 is refused as ambiguous (name the value).
-Brain masks: every non-zero voxel is brain.
+Brain masks: every non-zero voxel is brain. Also refused: complex or RGB voxels, a constant
+image, a label without background (every voxel vessel), a label file identical to the image.
+Nothing is resampled: an oblique grid is kept as it is (patches follow the acquisition slab).
 """
 import contextlib
 import dataclasses
@@ -75,6 +77,9 @@ class Header:
 
 def _check_name(path: str):
     if not os.path.exists(path):
+        if os.path.islink(path):
+            raise errors.MissingFileError(f"{path}: broken symbolic link (points to "
+                                          f"{os.readlink(path)}, which does not exist)")
         raise errors.MissingFileError(f"{path}: file not found")
     if os.path.isdir(path):
         return
@@ -206,6 +211,11 @@ def _read_nifti(path: str, role: str):
     klass = nib.Nifti2Image if int.from_bytes(data[:4], "little") == 540 or \
         int.from_bytes(data[:4], "big") == 540 else nib.Nifti1Image
     img = klass.from_bytes(data)
+    dtype = img.get_data_dtype()
+    if dtype.kind not in "biuf":
+        raise InputError(f"{path}: voxel type {dtype} is not one real number per voxel "
+                         f"(complex or RGB data); give the magnitude image as a scalar "
+                         f"integer or float NIfTI")
     array = img.get_fdata(dtype=np.float32) if role == "image" else np.asanyarray(img.dataobj)
     return _as_read(array, role), np.asarray(img.affine, np.float64), digest
 
@@ -295,8 +305,10 @@ def _vessels(path: str, data: np.ndarray, vessel_labels: Optional[Sequence[int]]
     values = _distinct(data)
     shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
     if not np.all(values == np.round(values)):
+        soft = " (a probability map? threshold it, e.g. at 0.5, and save 0/1)" \
+            if values[0] >= 0 and values[-1] <= 1 else ""
         raise InputError(f"{path}: label is not binary and not integer-valued (values "
-                         f"{shown}); expected 0 and 1, or integer class values")
+                         f"{shown}){soft}; expected 0 and 1, or integer class values")
     if vessel_labels is None:
         nonzero = values[values != 0]
         if len(nonzero) == 1 and nonzero[0] not in (1, 255):
@@ -311,6 +323,9 @@ def _vessels(path: str, data: np.ndarray, vessel_labels: Optional[Sequence[int]]
         which = "" if vessel_labels is None else \
             f" with a value in --vessel_labels={','.join(map(str, vessel_labels))}"
         raise InputError(f"{path}: label is empty (no vessel voxel{which}; values {shown})")
+    if vessel.all():
+        raise InputError(f"{path}: every voxel of the label is vessel (values {shown}; no "
+                         f"background 0): is it an image, or a label with scl_inter set?")
     return vessel.view(np.uint8), tuple(int(v) for v in values)
 
 
@@ -335,7 +350,14 @@ def load_volume(case: Case, patch_size: Optional[int] = None,
     loaded = {role: _read(getattr(case, role), role) for role in _ROLES if getattr(case, role)}
     _check_geometry(case, {r: Header(a.shape, aff) for r, (a, aff, _) in loaded.items()},
                     patch_size)
+    if loaded["label"][2] == loaded["image"][2]:
+        raise InputError(f"{case.label}: the label file has the same content (SHA-256) as "
+                         f"the image {case.image}; give the vessel segmentation")
     arrays = _reoriented(case, loaded)
+    low, high = float(arrays["image"].min()), float(arrays["image"].max())
+    if low == high:
+        raise InputError(f"{case.image}: the image is constant (every voxel {low:g}): "
+                         f"nothing to learn from; an empty or failed export?")
     image_shape = _squeeze_shape(case.image, loaded["image"][0].shape)
     out_affine = _canonical(image_shape, loaded["image"][1])[2]
     label, values = _vessels(case.label, arrays["label"], vessel_labels)
