@@ -616,9 +616,6 @@ def test_cli_reports_one_error_line_and_writes_nothing(tmp_path, name, tool):
 
 # --- the sample side: a generator SavedModel whose card was deleted -------------------------
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "tfdpgan/gan/sample.py copies the card only if it exists: samples of a card-less "
-    "generator are written without privacy.json (the change is outside tfdpgan/data)"))
 def test_generator_without_its_card_is_refused_by_sample(tmp_path):
     from tfdpgan import workdir
     from tfdpgan.gan import export, models, sample

@@ -87,6 +87,11 @@ def sample_to(generator_dir: str, num: int, out_dir: str, fmt: str, seed: int = 
     if not os.path.isfile(os.path.join(generator_dir, "saved_model.pb")):
         raise errors.MissingFileError(f"{generator_dir}: not an exported generator "
                                       f"(no saved_model.pb)")
+    card = workdir.generator_card_path(generator_dir)
+    if not os.path.isfile(card):
+        raise errors.MissingFileError(
+            f"{card}: the generator's privacy card (privacy.json) is missing; re-export it "
+            f"(python -m tfdpgan.export): samples without a card cannot show their guarantee")
     fn, latent_dim, _ = export.load_generator(generator_dir)
     images, labels = generate(fn, latent_dim, num, seed)
     with atomic.staged_dir(out_dir, overwrite) as staging:
@@ -95,7 +100,5 @@ def sample_to(generator_dir: str, num: int, out_dir: str, fmt: str, seed: int = 
                                                     "seed": seed}),
          "nifti": lambda: write_nifti(images, labels, staging),
          "png": lambda: write_png(images, labels, staging)}[fmt]()
-        card = workdir.generator_card_path(generator_dir)
-        if os.path.isfile(card):
-            shutil.copyfile(card, os.path.join(staging, workdir.PRIVACY_JSON))
+        shutil.copyfile(card, os.path.join(staging, workdir.PRIVACY_JSON))
     return images, labels
