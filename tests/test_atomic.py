@@ -55,3 +55,38 @@ def test_text_file_gets_ordinary_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (path.stat().st_mode & 0o777) == 0o644
+
+
+def test_text_is_utf8_whatever_the_locale(tmp_path, monkeypatch):
+    monkeypatch.setenv("LC_ALL", "C")
+    path = str(tmp_path / "card.md")
+    atomic.write_text_atomic(path, "ε = 3, δ = 1e-5\n")
+    with open(path, "rb") as f:
+        assert f.read().decode("utf-8") == "ε = 3, δ = 1e-5\n"
+
+
+def test_bytes_are_atomic(tmp_path):
+    path = str(tmp_path / "samples.png")
+    atomic.write_bytes_atomic(path, b"\x89PNG\x00\xff")
+    with open(path, "rb") as f:
+        assert f.read() == b"\x89PNG\x00\xff"
+    assert os.listdir(tmp_path) == ["samples.png"]
+
+
+def test_remove_leftovers_removes_only_what_a_killed_writer_left(tmp_path):
+    out = str(tmp_path / "generator")
+    with atomic.staged_dir(out) as staging:
+        _write(staging, "complete")
+    # what SIGKILL leaves: a staging folder, an old-version trash folder, a temporary file
+    for name in (".generator.tmp-abc123", ".generator.old-def456"):
+        os.makedirs(tmp_path / name / "variables")
+    (tmp_path / ".tmp-xyz").write_text("half")
+    os.makedirs(tmp_path / ".eval.tmp-ghi789")   # another command's output: not ours, kept
+    (tmp_path / ".hidden_config").write_text("keep")
+    (tmp_path / "flags.txt").write_text("keep")
+    removed = atomic.remove_leftovers(str(tmp_path), staged=["generator"])
+    assert sorted(removed) == [".generator.old-def456", ".generator.tmp-abc123", ".tmp-xyz"]
+    assert sorted(os.listdir(tmp_path)) == [".eval.tmp-ghi789", ".hidden_config", "flags.txt",
+                                            "generator"]
+    assert open(os.path.join(out, "f.txt")).read() == "complete"
+    assert atomic.remove_leftovers(str(tmp_path / "missing")) == []

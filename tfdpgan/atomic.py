@@ -5,23 +5,50 @@ import json
 import os
 import shutil
 import tempfile
+from typing import Iterable
 
-__all__ = ["write_text_atomic", "write_json_atomic", "staged_dir"]
+__all__ = ["write_text_atomic", "write_bytes_atomic", "write_json_atomic", "staged_dir",
+           "remove_leftovers"]
 
 
 def write_text_atomic(path: str, text: str) -> None:
-    """Write a text file via a temporary sibling and a rename."""
+    """Write a text file (UTF-8) via a temporary sibling and a rename."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write a binary file via a temporary sibling and a rename."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; this is an ordinary file
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def remove_leftovers(folder: str, staged: Iterable[str] = ()) -> list:
+    """Remove what a killed writer of this module left in ``folder``: ``.tmp-*`` files of
+    write_*_atomic, and the ``.<name>.tmp-*`` / ``.<name>.old-*`` folders of staged_dir for
+    each output ``name`` in ``staged`` (only those: another command may be staging its own
+    output beside them). Call it only while no other process writes these outputs. Returns
+    the names removed."""
+    prefixes = tuple(f".{name}.{kind}-" for name in staged for kind in ("tmp", "old"))
+    removed = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, name)
+        if name.startswith(".tmp-") and os.path.isfile(path):
+            os.remove(path)
+        elif prefixes and name.startswith(prefixes) and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            continue
+        removed.append(name)
+    return removed
 
 
 def _umask() -> int:

@@ -36,7 +36,10 @@ def define_flags(fv: flags.FlagValues = FLAGS):
                       "without DP (baseline).")
     fdef.DEFINE_float("delta", None, "δ (default: min(1e-5, 1/(10 N)) for N training records).")
     fdef.DEFINE_float("noise_multiplier", None, "Noise multiplier σ; if given, it is used "
-                      "instead of calibrating σ to --epsilon (which then only caps the steps).")
+                      "instead of calibrating σ to --epsilon. Alone, the default --epsilon "
+                      "caps the steps (with a warning); with --epsilon given too, σ must run "
+                      "all --critic_steps within it, else the run is refused; with "
+                      "--epsilon=inf, ε follows from σ.")
     fdef.DEFINE_enum("accountant", d.accountant, ["rdp", "pld"], "Accountant that calibrates "
                      "the noise and states ε (both are reported).")
     fdef.DEFINE_enum("privacy_unit", d.privacy_unit, list(privacy_card.UNITS), "What one DP record is: a "
@@ -84,7 +87,10 @@ def define_flags(fv: flags.FlagValues = FLAGS):
     fdef.DEFINE_integer("checkpoint_every", d.checkpoint_every, "Checkpoint every N steps.")
     fdef.DEFINE_integer("sampling_seed", None, "Seed of the Poisson sampling (default: secret, "
                         "from OS entropy; a known seed weakens the guarantee).")
-    fdef.DEFINE_integer("tf_seed", None, "TensorFlow seed (initialisation, latents, noise).")
+    fdef.DEFINE_integer("tf_seed", None, "Seed of initialisation, latents and the DP noise "
+                        "(default: fresh each run); with --sampling_seed it makes the run "
+                        "repeatable. It determines the noise: keep it as private as the "
+                        "sampling seed.")
     fdef.DEFINE_integer("phantom_patients", p.num_patients, "Phantom: training patients.")
     fdef.DEFINE_integer("phantom_test", p.num_test, "Phantom: held-out test patients.")
     fdef.DEFINE_integer("phantom_seed", p.seed, "Phantom: seed.")
@@ -116,14 +122,24 @@ def config_from_flags(fv: flags.FlagValues = FLAGS) -> run.TrainConfig:
         gan=gan_config, summary_every=fv.summary_every, image_every=fv.image_every,
         checkpoint_every=fv.checkpoint_every, sampling_seed=fv.sampling_seed,
         tf_seed=fv.tf_seed, adaptive_n_critic=fv.adaptive_n_critic,
-        max_n_critic=fv.max_n_critic, init_from=fv.init_from)
+        max_n_critic=fv.max_n_critic, init_from=fv.init_from,
+        epsilon_and_noise_given=bool(fv["epsilon"].present and fv["noise_multiplier"].present))
+
+
+def run_flags_text(fv: flags.FlagValues, workdir: str) -> str:
+    """flags.txt: the flags that repeat (or resume) the run. A default --epsilon that only
+    caps a given --noise_multiplier is left out, so the flagfile does not turn it into an
+    explicit --epsilon (which must agree with σ)."""
+    exclude = ["workdir"]
+    if fv["noise_multiplier"].present and not fv["epsilon"].present:
+        exclude.append("epsilon")
+    return cli.flags_text(fv, exclude=exclude) + f"--workdir={workdir}\n"
 
 
 def main(argv):
     del argv
     config = config_from_flags()
-    flags_text = cli.flags_text(FLAGS, exclude=("workdir",))
-    flags_text += f"--workdir={config.workdir}\n"
+    flags_text = run_flags_text(FLAGS, config.workdir)
     card = training.train(config, flags_text)
     eps = "∞ (not private)" if card["epsilon"] is None else f"{card['epsilon']:.3f}"
     w = config.workdir

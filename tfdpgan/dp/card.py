@@ -49,7 +49,8 @@ class Plan:
 
 def make_plan(*, num_records: int, expected_batch_size: float, critic_steps: int,
               epsilon: float = math.inf, noise_multiplier: Optional[float] = None,
-              delta: Optional[float] = None, accountant: str = "pld") -> Plan:
+              delta: Optional[float] = None, accountant: str = "pld",
+              both_given: bool = False) -> Plan:
     """The budget before training: sampling rate, δ, noise multiplier and the critic steps
     that will run. Training (tfdpgan.train) and ``--plan`` both use this function.
 
@@ -58,6 +59,9 @@ def make_plan(*, num_records: int, expected_batch_size: float, critic_steps: int
     ``epsilon`` finite and no ``noise_multiplier``: σ is calibrated for ``critic_steps``.
     ``noise_multiplier`` given: it is used, and a finite ``epsilon`` caps the steps.
     Neither (ε = ∞): not private, σ = 0.
+    ``both_given`` (the user gave ε AND σ; only a command can tell a given ε from a default
+    one): they must agree, i.e. σ must run all ``critic_steps`` within ε by ``accountant``;
+    otherwise SettingsError (never a silent cap: see _refuse_disagreement).
     """
     if not 1 <= expected_batch_size <= num_records:
         raise errors.SettingsError(f"batch_size {expected_batch_size:g} must be in [1, {num_records}] "
@@ -74,6 +78,9 @@ def make_plan(*, num_records: int, expected_batch_size: float, critic_steps: int
         if math.isfinite(epsilon):
             steps = min(steps, accounting.max_steps_within(epsilon, sigma, q, delta,
                                                            accountant))
+            if both_given and steps < critic_steps:
+                _refuse_disagreement(epsilon, sigma, q, int(critic_steps), steps, delta,
+                                     accountant)
     return Plan(sampling_rate=q, delta=float(delta), noise_multiplier=float(sigma),
                 critic_steps=int(steps), num_records=int(num_records),
                 expected_batch_size=float(expected_batch_size))
@@ -268,6 +275,20 @@ def _refuse_void_budget(num_records, epsilon, noise_multiplier, delta, private):
             f"(0, 1/N)-DP, so such a δ guarantees nothing")
 
 
+def _refuse_disagreement(epsilon, sigma, q, planned, allowed, delta, accountant):
+    """--epsilon and --noise_multiplier both given and σ cannot run the planned steps within
+    ε: one message with the ε σ would spend, the σ ε calibrates and the steps σ allows."""
+    spent = accounting.compute_epsilon(sigma, q, planned, delta, accountant)
+    calibrated = accounting.calibrate_noise(epsilon, q, planned, delta, accountant)
+    raise errors.SettingsError(
+        f"epsilon = {epsilon:g} and noise_multiplier = {sigma:g} disagree: σ = {sigma:g} "
+        f"spends ε = {spent:.4g} over the {planned} planned critic steps ({accountant}, "
+        f"q = {q:.4g}, δ = {delta:.3g}), more than ε = {epsilon:g}. Give --epsilon alone "
+        f"(it calibrates σ = {calibrated:.4g} for these steps), or --critic_steps={allowed} "
+        f"(the most σ = {sigma:g} allows within ε = {epsilon:g}), or --epsilon=inf with "
+        f"--noise_multiplier (ε then follows from σ)")
+
+
 def count_records(info: dict, unit: str) -> int:
     """N of the privacy unit from a data set's dataset.json object ``info``: its training
     patches (unit "patch") or its training patients (unit "patient"). The one definition
@@ -287,13 +308,15 @@ def plan_card(*, num_records: int, batch_size: float, critic_steps: int,
               epsilon: Optional[float], noise_multiplier: Optional[float],
               delta: Optional[float], accountant: str, privacy_unit: str = "patch",
               patches_per_patient: Optional[int] = None,
-              l2_norm_clip: Optional[float] = None) -> dict:
+              l2_norm_clip: Optional[float] = None, both_given: bool = False) -> dict:
     """The card a training run with these settings would end with if it ran all its
-    planned steps (what ``--plan`` prints); the same functions as tfdpgan.train."""
+    planned steps (what ``--plan`` prints); the same functions as tfdpgan.train
+    (``both_given``: see make_plan)."""
     eps = math.inf if epsilon is None else epsilon
     plan = make_plan(num_records=num_records, expected_batch_size=batch_size,
                      critic_steps=critic_steps, epsilon=eps,
-                     noise_multiplier=noise_multiplier, delta=delta, accountant=accountant)
+                     noise_multiplier=noise_multiplier, delta=delta, accountant=accountant,
+                     both_given=both_given)
     return make_card(
         private=math.isfinite(eps) or noise_multiplier is not None,
         noise_multiplier=plan.noise_multiplier, l2_norm_clip=l2_norm_clip,

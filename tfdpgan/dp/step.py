@@ -75,7 +75,8 @@ class PrivateStep:
 
     def __init__(self, model: tf.keras.Model, optimizer, per_example_loss_fn, *,
                  l2_norm_clip: float, noise_multiplier: float, expected_batch_size: float,
-                 group_size: int = 1, backend: str = "fast", clipping_method: str = "ghost"):
+                 group_size: int = 1, backend: str = "fast", clipping_method: str = "ghost",
+                 rng: tf.random.Generator = None):
         if backend not in BACKENDS:
             raise errors.SettingsError(f"dp backend must be one of {BACKENDS}, got {backend!r}")
         if clipping_method not in CLIPPINGS:
@@ -97,6 +98,12 @@ class PrivateStep:
         self.query = gaussian_query.GaussianSumQuery(
             self.l2_norm_clip, self.noise_multiplier * self.l2_norm_clip)
         self.query_state = self.query.initial_global_state()
+        # The noise source. A tf.random.Generator keeps its state in a variable, so a run that
+        # checkpoints it resumes the noise sequence instead of restarting it (TensorFlow's
+        # legacy random ops restart with the process: with a fixed seed a resumed run would
+        # REPEAT the noise of its first steps, and the difference of two updates would be
+        # noise-free). None: TF Privacy's GaussianSumQuery draws it (same distribution).
+        self.rng = rng
 
     def __call__(self, inputs):
         if self.backend == "tf_privacy":
@@ -107,8 +114,14 @@ class PrivateStep:
         return {"per_record_norms": norms, "update_norm": tf.linalg.global_norm(grads)}
 
     def noised_mean(self, clipped_sum):
-        """(clipped_sum + N(0, (σC)^2)) / expected records, the noise from GaussianSumQuery."""
-        noised, _, _ = self.query.get_noised_result(clipped_sum, self.query_state)
+        """(clipped_sum + N(0, (σC)^2)) / expected records; the noise from ``rng`` if given,
+        else from TF Privacy's GaussianSumQuery."""
+        if self.rng is not None:
+            std = self.noise_multiplier * self.l2_norm_clip
+            noised = [g + self.rng.normal(tf.shape(g), stddev=std, dtype=g.dtype)
+                      for g in clipped_sum]
+        else:
+            noised, _, _ = self.query.get_noised_result(clipped_sum, self.query_state)
         return [g / self.expected_batch_size for g in noised]
 
     def _fast_gradients(self, inputs):

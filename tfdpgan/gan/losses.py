@@ -53,11 +53,13 @@ def generator_loss(name: str, fake_score):
     return -tf.reduce_mean(fake_score)
 
 
-def gradient_penalty(critic, real, fake):
+def gradient_penalty(critic, real, fake, alpha=None):
     """Per-row WGAN-GP penalty (||grad_x D(x_hat_i)|| - 1)^2 at x_hat_i on the segment
     between real_i and fake_i (Gulrajani et al. 2017). Second order in the critic: only the
-    per-example-gradient (vmap) clipping path supports it."""
-    alpha = tf.random.uniform([tf.shape(real)[0], 1, 1, 1])
+    per-example-gradient (vmap) clipping path supports it. ``alpha`` [B, 1, 1, 1]: the
+    positions on the segments (default: uniform, drawn here)."""
+    if alpha is None:
+        alpha = tf.random.uniform([tf.shape(real)[0], 1, 1, 1])
     mixed = alpha * real + (1.0 - alpha) * fake
     with tf.GradientTape() as tape:
         tape.watch(mixed)

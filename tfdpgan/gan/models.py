@@ -10,7 +10,7 @@ import math
 
 import tensorflow as tf
 
-__all__ = ["MAX_STAGES", "BN_MOMENTUM", "default_num_stages", "build_generator", "build_critic"]
+__all__ = ["MAX_STAGES", "BN_MOMENTUM", "CRITIC_NORMS", "default_num_stages", "build_generator", "build_critic"]
 
 MAX_STAGES = 5
 # Generator BatchNorm: moving statistics (used at export/inference) must track the training
@@ -63,18 +63,26 @@ def build_generator(latent_dim=128, patch_size=96, base_filters=96, channels=2,
     return tf.keras.Model(latent, patches, name="generator")
 
 
-def build_critic(patch_size=96, base_filters=96, channels=2, num_stages=None):
+CRITIC_NORMS = ("group", "none")
+
+
+def build_critic(patch_size=96, base_filters=96, channels=2, num_stages=None,
+                 normalization="group"):
     """Patches [B, patch, patch, channels] -> unbounded scores [B, 1].
 
     Conv2D(4, stride 2) stages doubling the filters from base_filters, each
-    followed by GroupNormalization (not on the first stage) and LeakyReLU(0.2),
-    then Flatten and Dense(1) without activation.
+    followed by GroupNormalization (``normalization="group"``, not on the first stage; the
+    paper's critic) or nothing (``"none"``: what Bie et al. 2023 found best under DP), and
+    LeakyReLU(0.2), then Flatten and Dense(1) without activation.
 
     Privacy assumption (relied on by tfdpgan.dp_clip): the critic contains no
     cross-example operation, so score i depends only on input i. Hence no
     BatchNormalization; GroupNormalization normalises within one example.
     Activations are separate layers, so Conv2D/Dense outputs are pre-activations.
     """
+    if normalization not in CRITIC_NORMS:
+        raise ValueError(f"unknown critic normalization {normalization!r}; "
+                         f"choose from {CRITIC_NORMS}")
     num_stages = _check_stages(patch_size, num_stages)
     patches = tf.keras.Input((patch_size, patch_size, channels), name="patches")
     x = patches
@@ -82,8 +90,8 @@ def build_critic(patch_size=96, base_filters=96, channels=2, num_stages=None):
         filters = base_filters * 2**i
         # A per-channel bias before GroupNorm is (nearly) cancelled by it.
         x = tf.keras.layers.Conv2D(filters, 4, strides=2, padding="same",
-                                   use_bias=i == 0)(x)
-        if i > 0:
+                                   use_bias=i == 0 or normalization == "none")(x)
+        if i > 0 and normalization == "group":
             x = tf.keras.layers.GroupNormalization(groups=math.gcd(32, filters))(x)
         x = tf.keras.layers.LeakyReLU(0.2)(x)
     x = tf.keras.layers.Flatten()(x)

@@ -23,8 +23,11 @@ __all__ = ["TrainConfig", "group_size", "build_wgan", "make_checkpoint", "run_re
            "check_same_run", "config_from_run", "plan_from_run", "restore", "release_assets",
            "export_from_workdir", "init_from_prior", "describe_prior"]
 
-# Settings that do not change what a run computes (logging cadence): not part of run.json.
-_COSMETIC = ("summary_every", "image_every", "checkpoint_every", "keep_checkpoints")
+# Settings that do not change what a run computes: logging cadence, and whether ε and σ were
+# both given (it only decides whether a disagreeing pair is refused; a run that starts has
+# the same plan either way). Not part of run.json.
+_COSMETIC = ("summary_every", "image_every", "checkpoint_every", "keep_checkpoints",
+             "epsilon_and_noise_given")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +61,9 @@ class TrainConfig:
     adaptive_n_critic: bool = False          # double n_critic while the critic is weak
     max_n_critic: int = 200
     init_from: Optional[str] = None          # workdir of a prior run on PUBLIC data
+    # the user gave both epsilon and noise_multiplier (judged by the command): σ must then
+    # run all critic_steps within ε, else the run is refused (card.make_plan, both_given)
+    epsilon_and_noise_given: bool = False
 
     @property
     def private(self) -> bool:
@@ -77,13 +83,18 @@ def build_wgan(config: TrainConfig, patch_size: int, plan: privacy_card.Plan) ->
         group_size=group_size(config))
     generator = models.build_generator(gan_config.latent_dim, patch_size, config.base_filters)
     critic = models.build_critic(patch_size, config.base_filters)
-    return wgan.WGAN(generator, critic, gan_config)
+    return wgan.WGAN(generator, critic, gan_config, seed=config.tf_seed)
 
 
-def make_checkpoint(gan: wgan.WGAN, step: tf.Variable, seed: tf.Variable, schedule=None):
-    """Everything a resumed run needs, including the critic-step ledger and the SECRET
-    sampling seed (so checkpoints must stay private)."""
+def make_checkpoint(gan: wgan.WGAN, step: tf.Variable, seed: tf.Variable, schedule=None,
+                    with_rng: bool = True):
+    """Everything a resumed run needs, including the critic-step ledger, the SECRET
+    sampling seed and the state of the training random generator (latents, DP noise), so
+    checkpoints must stay private. ``with_rng`` False: for reading networks only (also from
+    checkpoints of tfdpgan versions before the generator state was saved)."""
     extra = {} if schedule is None else {"schedule": schedule}
+    if with_rng:
+        extra["rng"] = gan.rng
     if gan.ema_generator is not None:
         extra["ema_generator"] = gan.ema_generator
     return tf.train.Checkpoint(generator=gan.generator, critic=gan.critic,
@@ -156,7 +167,8 @@ def restore(run_dir: str) -> Tuple[TrainConfig, wgan.WGAN, dict]:
     config = config_from_run(run)
     patch_size = records.read_dataset_json(run["data"])["patch_size"]
     gan = build_wgan(config, patch_size, plan_from_run(run))
-    ckpt = make_checkpoint(gan, tf.Variable(0, dtype=tf.int64), tf.Variable(0, dtype=tf.int64))
+    ckpt = make_checkpoint(gan, tf.Variable(0, dtype=tf.int64), tf.Variable(0, dtype=tf.int64),
+                           with_rng=False)
     latest = tf.train.latest_checkpoint(workdir.path(run_dir, workdir.CHECKPOINTS))
     if latest is None:
         raise errors.WorkdirError(f"{run_dir}: no checkpoint (has the run started?)")

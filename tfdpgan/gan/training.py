@@ -8,11 +8,19 @@ q = batch_size / N (N records of the unit, batch_size the expected records per s
 never runs more steps than the budget allows, and privacy.json is computed from the steps
 actually run. The privacy ledger (critic steps taken) is part of the checkpoint, so a resumed
 run reports exactly what an uninterrupted one would.
+
+Crash safety: every output is written atomically (tfdpgan.atomic; TensorFlow's checkpoint
+writer stages ``ckpt-N_temp/`` and renames), so a SIGKILL at any point leaves the last complete
+checkpoint and outputs; rerunning the same command removes the half-written leftovers and
+resumes. Determinism: with ``tf_seed`` set (it seeds TensorFlow, Keras' initialisers, Python's
+``random`` and NumPy's global generator) and ``sampling_seed`` set, the same settings give the
+same losses and weights on one machine (tests/test_determinism.py).
 """
 import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -65,14 +73,16 @@ def train(config: run_lib.TrainConfig, flags_text: str = "") -> dict:
         num_records=_num_records(config, info, arrays), expected_batch_size=config.batch_size,
         critic_steps=config.critic_steps, epsilon=config.epsilon,
         noise_multiplier=config.noise_multiplier, delta=config.delta,
-        accountant=config.accountant)
+        accountant=config.accountant, both_given=config.epsilon_and_noise_given)
     run_dir = config.workdir
     os.makedirs(run_dir, exist_ok=True)  # only once the data and the settings are valid
     if flags_text:
         atomic.write_text_atomic(workdir.path(run_dir, workdir.FLAGS_TXT), flags_text)
     run_lib.check_same_run(run_dir, run_lib.run_record(config, plan, rec_dir))
+    _remove_leftovers(run_dir)
     if config.tf_seed is not None:
-        tf.random.set_seed(config.tf_seed)
+        # Keras initialisers without a seed draw one from Python's `random`: seed it too
+        tf.keras.utils.set_random_seed(config.tf_seed)
     prior = run_lib.describe_prior(config.init_from, rec_dir) if config.init_from else None
     gan = run_lib.build_wgan(config, info["patch_size"], plan)
     step = tf.Variable(0, dtype=tf.int64, name="critic_step")
@@ -84,8 +94,7 @@ def train(config: run_lib.TrainConfig, flags_text: str = "") -> dict:
                                          workdir.path(run_dir, workdir.CHECKPOINTS),
                                          max_to_keep=config.keep_checkpoints)
     if manager.latest_checkpoint:
-        manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("resumed from %s at critic step %d", manager.latest_checkpoint, int(step))
+        _resume(manager, gan, step, seed, schedule)
     elif config.init_from:
         run_lib.init_from_prior(gan, config.init_from)
         logging.info("initialised generator and critic from %s (public prior)",
@@ -99,6 +108,45 @@ def train(config: run_lib.TrainConfig, flags_text: str = "") -> dict:
     data = batches(config, arrays, plan, int(seed.numpy()), int(step))
     _loop(config, plan, gan, schedule, data, step, manager, writer)
     return finish(run_dir, gan, config, plan, int(step), info, writer, prior)
+
+
+def _resume(manager, gan, step, seed, schedule):
+    """Restore the latest checkpoint. One written before the random generator's state was
+    saved resumes with a fresh, unpredictable generator state: restarting it from --tf_seed
+    would repeat the DP noise of the first steps (two updates would then differ by a
+    noise-free amount)."""
+    latest = manager.latest_checkpoint
+    saved = {name.split("/")[0] for name, _ in tf.train.list_variables(latest)}
+    if "rng" in saved:
+        manager.checkpoint.restore(latest).assert_existing_objects_matched()
+    else:
+        run_lib.make_checkpoint(gan, step, seed, schedule, with_rng=False) \
+            .restore(latest).assert_existing_objects_matched()
+        gan.rng.reset(tf.random.Generator.from_non_deterministic_state().state)
+        logging.warning("%s has no random-generator state (older tfdpgan): resuming with a "
+                        "fresh one; this run is not bit-identical to an uninterrupted one",
+                        latest)
+    logging.info("resumed from %s at critic step %d", latest, int(step))
+
+
+def _remove_leftovers(run_dir):
+    """Half-written outputs of a killed earlier process of this run (the workdir holds one
+    run, written by one process): atomic.* temporaries and staging folders, TensorFlow's
+    ``ckpt-N_temp/`` and ``checkpoint.tmp*``. The complete outputs are never touched."""
+    ckpt = workdir.path(run_dir, workdir.CHECKPOINTS)
+    removed = (atomic.remove_leftovers(run_dir, staged=[workdir.GENERATOR])
+               + atomic.remove_leftovers(ckpt))
+    for name in sorted(os.listdir(ckpt)) if os.path.isdir(ckpt) else []:
+        path = os.path.join(ckpt, name)
+        if name.startswith("ckpt-") and name.endswith("_temp") and os.path.isdir(path):
+            shutil.rmtree(path)
+        elif name.startswith("checkpoint.tmp") and os.path.isfile(path):
+            os.remove(path)
+        else:
+            continue
+        removed.append(name)
+    if removed:
+        logging.info("removed what an interrupted earlier process left: %s", removed)
 
 
 def _loop(config, plan, gan, schedule, data, step, manager, writer):
@@ -289,7 +337,8 @@ def finish(run_dir, gan, config, plan, steps_run, info, writer, prior=None) -> d
         public_prior=prior)
     privacy_card.write_card(run_dir, card)
     grid = _write_images(writer, gan, steps_run, config.num_samples_png)
-    tf.io.write_file(workdir.path(run_dir, workdir.SAMPLES_PNG), tf.io.encode_png(grid))
+    atomic.write_bytes_atomic(workdir.path(run_dir, workdir.SAMPLES_PNG),
+                              tf.io.encode_png(grid).numpy())
     with writer.as_default():
         tf.summary.text("privacy/statement", privacy_card.render_markdown(card),
                         step=steps_run)

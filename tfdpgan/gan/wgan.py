@@ -59,8 +59,17 @@ def to_pairs(image, label):
 class WGAN(tf.Module):
     """Generator, critic, their optimizers and the two training steps."""
 
-    def __init__(self, generator: tf.keras.Model, critic: tf.keras.Model, config: WGANConfig):
+    def __init__(self, generator: tf.keras.Model, critic: tf.keras.Model, config: WGANConfig,
+                 seed: int = None):
         super().__init__(name="wgan")
+        # All randomness of training (latents, fakes, GP positions, DP noise) comes from
+        # ``rng``, whose state is a variable: checkpointed with the run (run.make_checkpoint),
+        # a resumed run continues the sequence exactly where an uninterrupted one would be.
+        # Logging samples use ``log_rng``, so the logging cadence never shifts training.
+        self.rng = (tf.random.Generator.from_seed(seed) if seed is not None
+                    else tf.random.Generator.from_non_deterministic_state())
+        self.log_rng = (tf.random.Generator.from_seed(seed + 1) if seed is not None
+                        else tf.random.Generator.from_non_deterministic_state())
         if config.loss not in LOSSES:
             raise errors.SettingsError(f"unknown loss {config.loss!r}; choose from {LOSSES}")
         self.generator, self.critic, self.config = generator, critic, config
@@ -84,7 +93,7 @@ class WGAN(tf.Module):
                 l2_norm_clip=config.l2_norm_clip, noise_multiplier=config.noise_multiplier,
                 expected_batch_size=config.expected_batch_size, group_size=config.group_size,
                 backend=config.dp_backend,
-                clipping_method="vmap" if config.loss == "wgan_gp" else "ghost")
+                clipping_method="vmap" if config.loss == "wgan_gp" else "ghost", rng=self.rng)
         patch = critic.input_shape[1]
         spec = tf.TensorSpec([None, patch, patch, critic.input_shape[-1]], tf.float32)
         self._critic_step_fn = tf.function(
@@ -96,15 +105,17 @@ class WGAN(tf.Module):
             self._fake_scores, input_signature=[tf.TensorSpec([], tf.int32)])
 
     def per_example_loss(self, critic, inputs):
-        """w_j * loss_j for rows (real_j, fake_j, w_j); depends on row j only."""
-        real, fake, weight = inputs
+        """w_j * loss_j for rows (real_j, fake_j, w_j[, alpha_j]); depends on row j only
+        (alpha_j: the gradient penalty's position on the segment, drawn per row)."""
+        real, fake, weight = inputs[:3]
+        alpha = inputs[3] if len(inputs) > 3 else None
         loss = losses.critic_loss(self.config.loss)(critic, (real, fake))
         if self.config.loss == "wgan_gp":
-            loss += self.config.gp_weight * losses.gradient_penalty(critic, real, fake)
+            loss += self.config.gp_weight * losses.gradient_penalty(critic, real, fake, alpha)
         return weight * loss
 
-    def _sample(self, n, training):
-        z = tf.random.normal([n, self.config.latent_dim])
+    def _sample(self, n, training, rng=None):
+        z = (rng or self.rng).normal([n, self.config.latent_dim])
         return self.generator(z, training=training)
 
     def fakes_for(self, n):
@@ -115,7 +126,7 @@ class WGAN(tf.Module):
         independent of it, as the per-example sensitivity argument needs."""
         chunk = int(math.ceil(self.config.expected_batch_size * self.config.group_size))
         chunks = (n + chunk - 1) // chunk
-        z = tf.random.normal([chunks, chunk, self.config.latent_dim])
+        z = self.rng.normal([chunks, chunk, self.config.latent_dim])
         fakes = tf.map_fn(lambda zc: self.generator(zc, training=True), z,
                           fn_output_signature=tf.float32)
         return tf.reshape(fakes, [-1, *fakes.shape[2:]])[:n]
@@ -132,13 +143,16 @@ class WGAN(tf.Module):
         fake = self.fakes_for(tf.shape(real)[0])
         variables = self.critic.trainable_variables
         stats = {}
+        rows = (real, fake, weight)
+        if self.config.loss == "wgan_gp":
+            rows += (self.rng.uniform([tf.shape(real)[0], 1, 1, 1]),)
         if self.private_step is not None:
-            out = self.private_step((real, fake, weight))
+            out = self.private_step(rows)
             stats = clipping.norm_stats(out["per_record_norms"], self.config.l2_norm_clip)
             stats["update_norm"] = out["update_norm"]
         else:
             with tf.GradientTape() as tape:
-                row_losses = self.per_example_loss(self.critic, (real, fake, weight))
+                row_losses = self.per_example_loss(self.critic, rows)
                 loss = tf.math.divide_no_nan(tf.reduce_sum(row_losses), tf.reduce_sum(weight))
             grads = tape.gradient(loss, variables)
             self.critic_optimizer.apply_gradients(zip(grads, variables))
@@ -153,7 +167,7 @@ class WGAN(tf.Module):
     def _critic_metrics(self, real):
         """Critic loss and Wasserstein estimate on a batch (for logging only; NOT private:
         computed from real data outside the DP mechanism)."""
-        fake = self._sample(tf.shape(real)[0], training=False)
+        fake = self._sample(tf.shape(real)[0], training=False, rng=self.log_rng)
         real_score = self.critic(real, training=False)[:, 0]
         fake_score = self.critic(fake, training=False)[:, 0]
         w = tf.reduce_mean(real_score) - tf.reduce_mean(fake_score)
@@ -184,5 +198,5 @@ class WGAN(tf.Module):
 
     def sample(self, n: int):
         """n generated pairs [n, P, P, 2] from the release generator (inference mode)."""
-        z = tf.random.normal([n, self.config.latent_dim])
+        z = self.log_rng.normal([n, self.config.latent_dim])
         return self.release_generator(z, training=False)

@@ -28,4 +28,4 @@ __all__ = ["GENERATOR_VERSION", "CASE_PREFIX", "SUBFOLDERS", "PRESETS", "Phantom
            "patient_seed", "preset", "save_nifti", "with_shape", "write_dataset"]
 
 # Bump when the generator's output changes for the same seed and config (invalidates caches).
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4

@@ -44,7 +44,7 @@ class PhantomConfig:
     gm_contrast: float = 0.86          # grey matter / white matter
     csf_contrast: float = 0.3          # CSF / white matter
     snr: float = 14.0                  # white matter / std of each Gaussian noise channel
-    bias_strength: float = 0.25        # std over the brain of the log of the coil bias field
+    bias_strength: float = 0.35        # std over the brain of the log of the coil bias field
     slab_edge_loss: float = 0.4        # signal lost at the top/bottom slab faces (profile)
     saturation_per_mm: float = 0.003   # relative arterial signal loss per mm of path in slab
     psf_sigma_voxels: float = 0.8      # point-spread blur (acquired voxel > reconstructed)
@@ -103,7 +103,7 @@ PRESETS: Dict[str, PhantomConfig] = {
     "site_b": PhantomConfig(
         shape=(220, 240, 80), spacing=(0.8, 0.8, 1.0), field_strength=1.5, cow_level=0.22,
         vessel_contrast=7.5, sinus_contrast=4.0, vein_contrast=2.6, fat_contrast=2.6,
-        gm_contrast=0.9, csf_contrast=0.4, snr=9.0, bias_strength=0.32, slab_edge_loss=0.45,
+        gm_contrast=0.9, csf_contrast=0.4, snr=9.0, bias_strength=0.45, slab_edge_loss=0.45,
         saturation_per_mm=0.005, psf_sigma_voxels=0.7),
     # The default protocol on a coarse grid (fast tests; the same head and field of view).
     "small": dataclasses.replace(with_shape(PhantomConfig(), (80, 96, 40)), max_branches=300),
