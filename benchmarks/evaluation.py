@@ -23,7 +23,7 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tfdpgan import atomic  # noqa: E402
+from tfdpgan import atomic, workdir  # noqa: E402
 from tfdpgan.data import default_data  # noqa: E402
 from tfdpgan.evaluation import config as config_lib, evaluate, inputs, report  # noqa: E402
 
@@ -58,7 +58,7 @@ def _evaluate_rows(selection: str, test_data: str, unet):
         real_train = (inputs.load_run(config_lib.EvalConfig(workdir=run_dir, fid=False)).rec_dir
                       if i == 0 else None)
         config = config_lib.EvalConfig(
-            workdir=run_dir, out_dir=os.path.join(run_dir, f"eval_benchmark_{selection}"),
+            workdir=run_dir, out_dir=workdir.private_path(run_dir, f"eval_benchmark_{selection}"),
             test_data=test_data, num_synthetic=FLAGS.num_synthetic, selection=selection,
             fid_samples=FLAGS.fid_samples, unet=unet, real_train=real_train,
             threshold_baseline=i == 0)

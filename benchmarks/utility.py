@@ -126,6 +126,12 @@ def _cohort(private_phantom):
                                  patches_per_patient=FLAGS.patient_patches)
     if FLAGS.quick:
         cohort = dataclasses.replace(cohort, num_patients=12, patches_per_patient=20)
+    # Phantom ids are phantom_000, 001, ... in every data set; the evaluation refuses a test id
+    # that is also a training id, so the test ids must come after every other data set's.
+    others = private_phantom.num_patients + private_phantom.num_test
+    if cohort.num_patients < others:
+        raise app.UsageError(f"--patient_cohort must be at least {others} (the private data "
+                             f"set's patients), so the test ids follow every training id")
     return cohort
 
 

@@ -67,9 +67,11 @@ def test_converting_twice_gives_byte_identical_shards(tiny_dataset, tmp_path):
 
 
 def _scalars(run_dir):
-    """{(tag, step): value} of the train/ and privacy/ scalars in the run's event files."""
+    """{(tag, step): value} of the train/ and privacy/ scalars in the run's event files
+    (release/ and, with log_private_stats, private/)."""
     values = {}
-    for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
+    for path in sorted(glob.glob(os.path.join(run_dir, "**", "events.out.tfevents.*"),
+                                 recursive=True)):
         for event in tf.compat.v1.train.summary_iterator(path):
             for v in event.summary.value:
                 if v.tag.startswith(("train/", "privacy/")):
@@ -87,8 +89,8 @@ def _variables(run_dir):
 @pytest.mark.slow
 def test_same_seeds_give_identical_losses_and_weights(patch_records, tmp_path):
     configs = [run.TrainConfig(workdir=str(tmp_path / name), data=patch_records, epsilon=3.0,
-                               sampling_seed=5, **dict(TINY, critic_steps=10, summary_every=2,
-                                                       tf_seed=7))
+                               sampling_seed=5, log_private_stats=True,
+                               **dict(TINY, critic_steps=10, summary_every=2, tf_seed=7))
                for name in ("a", "b")]
     for config in configs:
         training.train(config)

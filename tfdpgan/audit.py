@@ -2,9 +2,10 @@
 
   python -m tfdpgan.audit --workdir=W [--num_synthetic=5000 --max_patches=10000 --seed=0]
 
-Writes ``W/audit/`` (atomically: audit.json, AUDIT.md, near_copies.png) and prints a summary.
-THIS IS A MEASUREMENT FOR THE DATA HOLDER, NOT A RELEASE: it reads the private training
-patches, the held-out patients and the critic checkpoint; keep W/audit/ with the checkpoints.
+Writes ``W/private/audit/`` (atomically, owner-only: audit.json, AUDIT.md, near_copies.png;
+``W/audit/`` in an old flat workdir) and prints a summary. THIS IS A MEASUREMENT FOR THE DATA
+HOLDER, NOT A RELEASE: it reads the private training patches, the held-out patients and the
+critic checkpoint; it stays in W/private/ with the checkpoints.
 What is measured: tfdpgan.leakage.audit. On a run trained on a canaried data set
 (tfdpgan.leakage.canaries.make_canary_dataset) it also measures the canaries' exposure.
 """
@@ -32,7 +33,7 @@ def define_flags(fv: flags.FlagValues = FLAGS):
     fdef.DEFINE_integer("canary_base_patches", d.canary_base_patches, "Canaried data sets: "
                         "held-out patches that carry each canary candidate for the critic's "
                         "canary score.")
-    fdef.DEFINE_boolean("overwrite", False, "Replace an existing W/audit/.")
+    fdef.DEFINE_boolean("overwrite", False, "Replace an existing W/private/audit/.")
 
 
 def config_from_flags(fv: flags.FlagValues = FLAGS) -> audit.AuditConfig:

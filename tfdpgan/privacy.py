@@ -1,6 +1,7 @@
 """Print a run's privacy card, or plan a budget before training.
 
-  python -m tfdpgan.privacy --workdir=W            print W's card (PRIVACY.md)
+  python -m tfdpgan.privacy --workdir=W            print W's card (W/release/PRIVACY.md;
+                                                   an old flat workdir's W/privacy.json too)
   python -m tfdpgan.privacy --plan --num_records=N --batch_size=B --critic_steps=T --epsilon=E
   python -m tfdpgan.privacy --plan --data=REC --privacy_unit=patient --batch_size=16 ...
 

@@ -2,19 +2,21 @@
 
   python -m tfdpgan.train --epsilon=3                     # phantom demo data, ε = 3
   python -m tfdpgan.train --flagfile=flags/paper_dp.cfg --data=REC --workdir=W
-  python -m tfdpgan.train --flagfile=W/flags.txt          # repeat (or resume) a run
+  python -m tfdpgan.train --flagfile=W/private/flags.txt  # repeat (or resume) a run
 
 With no --data the default phantom data set is generated and converted once into a cache.
-The workdir receives flags.txt, privacy.json, PRIVACY.md, checkpoints/, TensorBoard event
-files, generator/ (SavedModel) and samples.png (tfdpgan.workdir). Re-running with the same
-workdir resumes from the latest checkpoint. The loop is tfdpgan.gan.training.
+The workdir receives release/ (generator/ SavedModel, privacy.json, PRIVACY.md, samples.png,
+DP-safe TensorBoard events: what the guarantee covers) and private/ (flags.txt, run.json,
+checkpoints/, and with --log_private_stats the non-DP statistics), both owner-only
+(tfdpgan.workdir). Re-running with the same workdir resumes from the latest checkpoint. The
+loop is tfdpgan.gan.training.
 """
 from absl import flags
 
 from tfdpgan import cli, paths, workdir as workdir_lib
 from tfdpgan.data import default_data
 from tfdpgan.dp import card as privacy_card, step
-from tfdpgan.gan import run, training, wgan
+from tfdpgan.gan import models, run, training, wgan
 
 FLAGS = flags.FLAGS
 
@@ -68,6 +70,10 @@ def define_flags(fv: flags.FlagValues = FLAGS):
                        "checkpoint of this workdir, a run on PUBLIC data (e.g. "
                        "flags/pretrain_phantom.cfg); stated on the privacy card.")
     fdef.DEFINE_integer("base_filters", d.base_filters, "Width of both networks (paper: 96).")
+    fdef.DEFINE_enum("critic_norm", d.critic_norm, list(models.CRITIC_NORMS), "Critic "
+                     "normalisation: group (GroupNorm, the paper) or none (Bie et al. 2023).")
+    fdef.DEFINE_float("instance_noise", g.instance_noise, "Std of Gaussian noise added to every "
+                      "real and fake pair the critic sees (both channels; 0 = off).")
     fdef.DEFINE_integer("latent_dim", g.latent_dim, "Latent dimension.")
     fdef.DEFINE_enum("loss", g.loss, list(wgan.LOSSES), "wgan: weight clipping (paper); "
                      "wgan_gp: per-example gradient penalty; hinge; ns (non-saturating).")
@@ -84,6 +90,11 @@ def define_flags(fv: flags.FlagValues = FLAGS):
     fdef.DEFINE_float("generator_lr", g.generator_lr, "Generator learning rate.")
     fdef.DEFINE_integer("summary_every", d.summary_every, "Scalars every N critic steps.")
     fdef.DEFINE_integer("image_every", d.image_every, "Sample images every N critic steps.")
+    fdef.DEFINE_bool("log_private_stats", d.log_private_stats, "Also log what is computed "
+                     "from real data OUTSIDE the DP mechanism (critic loss, Wasserstein "
+                     "estimate, gradient-norm quantiles, clipped fraction, batch size) into "
+                     "W/private/tensorboard_private; never share it. Default: only DP-safe "
+                     "quantities, into W/release/tensorboard.")
     fdef.DEFINE_integer("checkpoint_every", d.checkpoint_every, "Checkpoint every N steps.")
     fdef.DEFINE_integer("sampling_seed", None, "Seed of the Poisson sampling (default: secret, "
                         "from OS entropy; a known seed weakens the guarantee).")
@@ -111,7 +122,7 @@ def config_from_flags(fv: flags.FlagValues = FLAGS) -> run.TrainConfig:
         latent_dim=fv.latent_dim, loss=fv.loss, weight_clip=fv.weight_clip,
         gp_weight=fv.gp_weight, optimizer=fv.optimizer, critic_lr=fv.critic_lr,
         generator_lr=fv.generator_lr, adam_beta1=fv.adam_beta1, adam_beta2=fv.adam_beta2,
-        dp_backend=fv.dp_backend, ema_decay=fv.ema_decay)
+        dp_backend=fv.dp_backend, ema_decay=fv.ema_decay, instance_noise=fv.instance_noise)
     return run.TrainConfig(
         workdir=workdir, data=fv.data, phantom=phantom_config, cache_dir=fv.cache_dir,
         epsilon=eps, delta=fv.delta, noise_multiplier=fv.noise_multiplier,
@@ -119,11 +130,13 @@ def config_from_flags(fv: flags.FlagValues = FLAGS) -> run.TrainConfig:
         patches_per_patient=fv.patches_per_patient, l2_norm_clip=fv.l2_norm_clip,
         batch_size=fv.batch_size, critic_steps=fv.critic_steps,
         critic_steps_per_generator_step=fv.n_critic, base_filters=fv.base_filters,
+        critic_norm=fv.critic_norm,
         gan=gan_config, summary_every=fv.summary_every, image_every=fv.image_every,
         checkpoint_every=fv.checkpoint_every, sampling_seed=fv.sampling_seed,
         tf_seed=fv.tf_seed, adaptive_n_critic=fv.adaptive_n_critic,
         max_n_critic=fv.max_n_critic, init_from=fv.init_from,
-        epsilon_and_noise_given=bool(fv["epsilon"].present and fv["noise_multiplier"].present))
+        epsilon_and_noise_given=bool(fv["epsilon"].present and fv["noise_multiplier"].present),
+        log_private_stats=fv.log_private_stats)
 
 
 def run_flags_text(fv: flags.FlagValues, workdir: str) -> str:
@@ -148,6 +161,10 @@ def main(argv):
           f"  generator    {workdir_lib.path(w, workdir_lib.GENERATOR)}\n"
           f"  privacy card {workdir_lib.path(w, workdir_lib.PRIVACY_MD)}\n"
           f"  samples      {workdir_lib.path(w, workdir_lib.SAMPLES_PNG)}\n"
+          f"  release      {workdir_lib.release_dir(w)}  (python -m tfdpgan.export "
+          f"--workdir={w} --release=DIR copies it)\n"
+          f"  private      {workdir_lib.private_dir(w)}  (checkpoints, seed, flags: never "
+          f"share)\n"
           f"  TensorBoard  tensorboard --logdir {w}")
 
 

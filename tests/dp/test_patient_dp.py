@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from tfdpgan import workdir as workdir_lib
 from tfdpgan.dp import accounting
 from tfdpgan.dp import card as privacy_card
 from tfdpgan.data import pipeline, records
@@ -68,7 +69,7 @@ def test_patient_level_card(patient_run, patch_records):
     assert card["epsilon_rdp"] == pytest.approx(accounting.compute_epsilon(
         card["noise_multiplier"], card["sampling_rate"], card["critic_steps"], card["delta"],
         "rdp"))
-    text = open(os.path.join(config.workdir, "PRIVACY.md")).read()
+    text = open(workdir_lib.path(config.workdir, workdir_lib.PRIVACY_MD)).read()
     assert "per **patient**" in text and "the record is the patient" in text
 
 

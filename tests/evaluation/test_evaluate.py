@@ -13,6 +13,7 @@ import pytest
 
 from conftest import write_case
 from eval_fixtures import fid_weights, hard_pairs, workdir_copy  # noqa: F401  (fixtures)
+from tfdpgan import workdir as workdir_lib
 from tfdpgan.data import volumes
 from tfdpgan.evaluation import config as config_lib, evaluate, inputs, report, seg_metrics, unet
 from tfdpgan.gan import sample
@@ -90,7 +91,9 @@ def evaluated(run):
 
 def test_report_contract(evaluated, run):
     result, _ = evaluated
-    out = os.path.join(run["workdir"], "eval")
+    out = workdir_lib.path(run["workdir"], workdir_lib.EVAL)
+    assert out.startswith(workdir_lib.private_dir(run["workdir"]))   # real test data
+    assert oct(os.stat(out).st_mode & 0o777) == oct(0o700)
     on_disk = json.load(open(os.path.join(out, "report.json")))
     assert on_disk == result and REPORT_KEYS <= set(result)
     assert [p["patient_id"] for p in result["per_patient"]] == ["t0", "t1"]
@@ -103,7 +106,7 @@ def test_report_contract(evaluated, run):
         assert result["hd95_mean_mm"] == pytest.approx(np.mean(hd))
     assert result["fid"] is None and result["fid_real_floor"] is None
     assert result["fid_network"] is None
-    card = json.load(open(os.path.join(run["workdir"], "privacy.json")))
+    card = workdir_lib.read_card(run["workdir"])
     assert result["source"] == "synthetic"
     assert result["privacy"]["epsilon"] == card["epsilon"]
     assert result["privacy"]["unit"] == card["privacy_unit"]
@@ -125,7 +128,7 @@ def test_report_contract(evaluated, run):
 
 def test_predictions_are_nifti_on_the_input_grid(evaluated, run):
     result, _ = evaluated
-    out = os.path.join(run["workdir"], "eval")
+    out = workdir_lib.path(run["workdir"], workdir_lib.EVAL)
     for entry in result["per_patient"]:
         pid = entry["patient_id"]
         source = nib.load(os.path.join(run["test"], "labelsTs", f"{pid}.nii.gz"))
@@ -162,7 +165,8 @@ def test_test_data_is_read_only_after_model_selection(evaluated, run):
 def test_default_selection_is_synthetic_and_reads_no_real_validation_volume(run, tmp_path,
                                                                             monkeypatch):
     syn = str(tmp_path / "syn")
-    sample.sample_to(os.path.join(run["workdir"], "generator"), 40, syn, "tfrecord")
+    sample.sample_to(workdir_lib.path(run["workdir"], workdir_lib.GENERATOR), 40, syn,
+                     "tfrecord")
     read = []
     real_load = volumes.load_volume
 

@@ -8,7 +8,7 @@ import pytest
 from absl import flags as absl_flags
 
 from tiny import TINY
-from tfdpgan import errors
+from tfdpgan import errors, workdir as workdir_lib
 from tfdpgan import sweep as sweep_command
 from tfdpgan.evaluation import config as config_lib, inputs, sweep, unet
 from tfdpgan.gan import run as run_lib, training
@@ -58,10 +58,11 @@ def test_results_files(swept):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     for name in ("eps_inf", "eps_3"):
         run = os.path.join(config.sweep_dir, name)
-        assert os.path.isfile(os.path.join(run, "eval", "report.json"))
-        flags_txt = open(os.path.join(run, "flags.txt")).read()
+        assert os.path.isfile(os.path.join(run, "private", "eval", "report.json"))
+        flags_txt = open(workdir_lib.path(run, workdir_lib.FLAGS_TXT)).read()
         assert flags_txt.startswith("--batch_size=20\n") and f"--workdir={run}" in flags_txt
-    assert os.path.isfile(os.path.join(config.sweep_dir, "baselines", "eval", "report.json"))
+    assert os.path.isfile(os.path.join(config.sweep_dir, "baselines", "private", "eval",
+                                       "report.json"))
     assert any("ε=3: training into" in line for line in lines)
     assert lines[-1].startswith("[sweep] finished")
 

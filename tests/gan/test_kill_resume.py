@@ -4,7 +4,7 @@ finished workdir equals an uninterrupted run's: steps, privacy.json, exported ge
 
 Kill points are found by polling the workdir (no test hooks in the code): TensorFlow writes a
 checkpoint into ``ckpt-N_temp/`` before merging it into ``ckpt-N.*``, and the export stages the
-SavedModel in ``.generator.tmp-*`` before renaming it to ``generator/``."""
+SavedModel in ``release/.generator.tmp-*`` before renaming it to ``release/generator/``."""
 import json
 import os
 import random
@@ -46,7 +46,7 @@ def _entries(folder):
 def _checkpoint_write(run_dir, rng):
     """Fires during the k-th checkpoint this process writes: while it is in its _temp folder,
     or (if polling missed that) just after its index appeared, before the state file update."""
-    ckpt = os.path.join(run_dir, workdir_lib.CHECKPOINTS)
+    ckpt = workdir_lib.path(run_dir, workdir_lib.CHECKPOINTS)
     k, before, seen = rng.randint(1, 3), _entries(ckpt), set()
 
     def fired():
@@ -58,7 +58,7 @@ def _checkpoint_write(run_dir, rng):
 
 def _mid_training(run_dir, rng):
     """Fires a random 0-0.3 s after this process wrote its first new checkpoint."""
-    ckpt = os.path.join(run_dir, workdir_lib.CHECKPOINTS)
+    ckpt = workdir_lib.path(run_dir, workdir_lib.CHECKPOINTS)
     before, at = {n for n in _entries(ckpt) if n.endswith(".index")}, []
 
     def fired():
@@ -74,10 +74,12 @@ def _export(late):
     def make(run_dir, rng):
         del rng
 
+        release = workdir_lib.release_dir(run_dir)
+
         def fired():
-            staging = [n for n in _entries(run_dir) if n.startswith(".generator.tmp-")]
+            staging = [n for n in _entries(release) if n.startswith(".generator.tmp-")]
             return bool(staging) and (not late or any(
-                os.path.isdir(os.path.join(run_dir, s, workdir_lib.ASSETS_EXTRA))
+                os.path.isdir(os.path.join(release, s, workdir_lib.ASSETS_EXTRA))
                 for s in staging))
         return fired
     return make
@@ -133,20 +135,22 @@ def test_steps_and_privacy_card_equal_an_uninterrupted_run(killed_and_reference)
     assert card["critic_steps"] == STEPS
     assert card == ref_card
     for name in (workdir_lib.PRIVACY_JSON, workdir_lib.NORMALIZATION_JSON):
-        with open(os.path.join(killed, workdir_lib.GENERATOR, workdir_lib.ASSETS_EXTRA,
-                               name)) as f, \
-                open(os.path.join(reference, workdir_lib.GENERATOR, workdir_lib.ASSETS_EXTRA,
-                                  name)) as g:
+        with open(os.path.join(workdir_lib.path(killed, workdir_lib.GENERATOR),
+                               workdir_lib.ASSETS_EXTRA, name)) as f, \
+                open(os.path.join(workdir_lib.path(reference, workdir_lib.GENERATOR),
+                                  workdir_lib.ASSETS_EXTRA, name)) as g:
             assert json.load(f) == json.load(g)
-    ckpt = os.path.join(killed, workdir_lib.CHECKPOINTS)
+    ckpt = workdir_lib.path(killed, workdir_lib.CHECKPOINTS)
     latest = open(os.path.join(ckpt, "checkpoint")).readline()
     assert latest.strip() == f'model_checkpoint_path: "ckpt-{STEPS}"'
 
 
 def test_no_half_written_outputs_are_left(killed_and_reference):
     _, killed, _ = killed_and_reference
-    leftovers = [n for n in _entries(killed) if n.startswith(".")]
-    leftovers += [n for n in _entries(os.path.join(killed, workdir_lib.CHECKPOINTS))
+    leftovers = [n for folder in (killed, workdir_lib.release_dir(killed),
+                                  workdir_lib.private_dir(killed))
+                 for n in _entries(folder) if n.startswith(".")]
+    leftovers += [n for n in _entries(workdir_lib.path(killed, workdir_lib.CHECKPOINTS))
                   if n.endswith("_temp") or ".tmp" in n]
     assert leftovers == []
 
@@ -157,7 +161,7 @@ def test_exported_generator_equals_an_uninterrupted_run(killed_and_reference):
     outputs = []
     for run_dir in (reference, killed):
         fn, latent_dim, _ = export.load_generator(
-            os.path.join(run_dir, workdir_lib.GENERATOR))
+            workdir_lib.path(run_dir, workdir_lib.GENERATOR))
         assert latent_dim == 8
         outputs.append({k: v.numpy() for k, v in fn(latent=latent).items()})
     np.testing.assert_array_equal(outputs[1]["image"], outputs[0]["image"])

@@ -45,6 +45,21 @@ def test_ema_costs_no_privacy_and_is_what_is_released(patch_records, tmp_path, p
                                atol=1e-5)
 
 
+def test_instance_noise_and_unnormalised_critic_cost_no_privacy(patch_records, tmp_path,
+                                                                plain_card):
+    """Instance noise randomises each row on its own and the critic's normalisation is
+    architecture: neither changes the card (steps, σ, ε, δ)."""
+    gan_config = dataclasses.replace(TINY["gan"], instance_noise=0.2, loss="hinge")
+    config = _config(tmp_path, patch_records, "noisy", gan=gan_config, critic_norm="none")
+    card = training.train(config)
+    assert _privacy(card) == _privacy(plain_card)
+    _, gan, _ = run.restore(config.workdir)
+    assert not any("group" in layer.name for layer in gan.critic.layers)
+    pairs = tf.zeros([4, *gan.critic.input_shape[1:]])
+    noisy = gan.with_instance_noise(pairs)
+    assert 0.1 < float(tf.math.reduce_std(noisy)) < 0.3
+
+
 def test_adaptive_schedule_doubles_n_while_the_critic_is_weak():
     s = schedule.CriticSchedule(2, adaptive=True, target=0.6, max_n=8)
     fired = [s.critic_stepped() for _ in range(4)]

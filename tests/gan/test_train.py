@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from absl import flags as absl_flags
 
-from tfdpgan import train as train_command
+from tfdpgan import train as train_command, workdir as workdir_lib
 from tfdpgan.dp import accounting, clipping, step
 from tfdpgan.dp import card as privacy_card
 from tfdpgan.data import records
@@ -22,6 +22,10 @@ from tfdpgan.gan import losses, run, sample, training, wgan
 from tiny import CARD_KEYS, TINY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _at(config, name):
+    return workdir_lib.path(config.workdir, name)
 
 
 def _plan(noise_multiplier):
@@ -32,14 +36,15 @@ def _plan(noise_multiplier):
 @pytest.fixture(scope="module")
 def private_run(patch_records, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("run") / "w")
-    config = run.TrainConfig(workdir=workdir, data=patch_records, epsilon=3.0, **TINY)
+    config = run.TrainConfig(workdir=workdir, data=patch_records, epsilon=3.0,
+                             log_private_stats=True, **TINY)
     card = training.train(config, flags_text="--epsilon=3\n")
     return config, card
 
 
 def test_privacy_card_matches_budget_and_accountant(private_run, patch_records):
     config, card = private_run
-    on_disk = json.load(open(os.path.join(config.workdir, "privacy.json")))
+    on_disk = json.load(open(_at(config, workdir_lib.PRIVACY_JSON)))
     assert on_disk == card and CARD_KEYS <= set(card)
     n = records.read_dataset_json(patch_records)["counts"]["train"]
     assert card["num_records"] == n and card["sampling"] == "poisson"
@@ -52,13 +57,13 @@ def test_privacy_card_matches_budget_and_accountant(private_run, patch_records):
         card["noise_multiplier"], card["sampling_rate"], card["critic_steps"], card["delta"],
         card["accountant"]))
     assert card["epsilon_pld"] <= card["epsilon_rdp"]
-    text = open(os.path.join(config.workdir, "PRIVACY.md")).read()
+    text = open(_at(config, workdir_lib.PRIVACY_MD)).read()
     assert "per **patch**" in text and "group privacy" in text
 
 
 def test_generator_export_signature_and_card(private_run):
     config, _ = private_run
-    path = os.path.join(config.workdir, "generator")
+    path = _at(config, workdir_lib.GENERATOR)
     loaded = tf.saved_model.load(path)
     fn = loaded.signatures["serving_default"]
     latent = fn.structured_input_signature[1]["latent"]
@@ -68,17 +73,17 @@ def test_generator_export_signature_and_card(private_run):
     assert set(np.unique(out["label"].numpy())) <= {0.0, 1.0}
     assert np.abs(out["image"].numpy()).max() <= 1.0
     card = json.load(open(os.path.join(path, "assets.extra", "privacy.json")))
-    assert card == json.load(open(os.path.join(config.workdir, "privacy.json")))
+    assert card == json.load(open(_at(config, workdir_lib.PRIVACY_JSON)))
     shown = subprocess.run(["saved_model_cli", "show", "--dir", path, "--all"],
                            capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "serving_default" in shown.stdout and "latent" in shown.stdout
-    assert os.path.isfile(os.path.join(config.workdir, "samples.png"))
+    assert os.path.isfile(_at(config, workdir_lib.SAMPLES_PNG))
 
 
 def test_released_generator_carries_no_patient_details(private_run, patch_records):
     config, _ = private_run
-    gen = os.path.join(config.workdir, "generator")
+    gen = _at(config, workdir_lib.GENERATOR)
     assert sorted(os.listdir(os.path.join(gen, "assets.extra"))) == [
         "normalization.json", "privacy.json"]
     info = records.read_dataset_json(patch_records)
@@ -92,22 +97,32 @@ def test_released_generator_carries_no_patient_details(private_run, patch_record
             assert not any(s in data for s in secrets), name
 
 
-def test_tensorboard_tags(private_run):
-    config, _ = private_run
+def _tags(folder):
     tags = set()
-    for path in glob.glob(os.path.join(config.workdir, "events.out.tfevents.*")):
+    for path in glob.glob(os.path.join(folder, "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
             tags |= {v.tag for v in event.summary.value}
-    for tag in ("train/critic_loss", "train/generator_loss", "train/wasserstein_estimate",
-                "privacy/epsilon", "privacy/noise_multiplier", "train/norm_q50",
-                "train/clipped_fraction", "perf/steps_per_sec",
-                "samples/image_and_label_overlay", "privacy/statement", "run/flags"):
-        assert tag in tags, (tag, sorted(tags))
+    return tags
+
+
+def test_tensorboard_tags(private_run):
+    """With log_private_stats: DP-safe quantities in release/, the others only in private/."""
+    config, _ = private_run
+    released = _tags(_at(config, workdir_lib.TENSORBOARD))
+    private = _tags(_at(config, workdir_lib.TENSORBOARD_PRIVATE))
+    for tag in ("train/generator_loss", "train/update_norm", "train/n_critic",
+                "privacy/epsilon", "privacy/noise_multiplier", "perf/steps_per_sec",
+                "samples/image_and_label_overlay", "privacy/statement", "run/plan"):
+        assert tag in released, (tag, sorted(released))
+    for tag in ("train/critic_loss", "train/wasserstein_estimate", "train/norm_q50",
+                "train/clipped_fraction", "train/batch_size", "run/flags"):
+        assert tag in private and tag not in released, (tag, sorted(released))
+    assert not released & private
 
 
 def test_sample_round_trip(private_run, tmp_path):
     config, _ = private_run
-    gen = os.path.join(config.workdir, "generator")
+    gen = _at(config, workdir_lib.GENERATOR)
     out = str(tmp_path / "syn")
     images, labels = sample.sample_to(gen, 10, out, "tfrecord")
     info = records.read_dataset_json(out)
@@ -133,7 +148,7 @@ def test_infinite_epsilon_is_really_non_private(patch_records, tmp_path, monkeyp
     card = training.train(config)
     assert card["private"] is False and card["epsilon"] is None
     assert card["noise_multiplier"] == 0.0
-    assert "NOT differentially private" in open(os.path.join(config.workdir, "PRIVACY.md")).read()
+    assert "NOT differentially private" in open(_at(config, workdir_lib.PRIVACY_MD)).read()
     # the critic step is the plain gradient of the mean loss: no clipping, no noise
     def forbidden(*args, **kwargs):
         raise AssertionError("a DP routine ran in a non-private step")
@@ -176,14 +191,15 @@ def test_kill_and_resume_counts_privacy_like_an_uninterrupted_run(patch_records,
     resumed = str(tmp_path / "resumed")
     proc = subprocess.Popen(_train_cmd(patch_records, resumed, steps), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = os.path.join(resumed, "checkpoints", "ckpt-20.index")
+    first = os.path.join(workdir_lib.path(resumed, workdir_lib.CHECKPOINTS), "ckpt-20.index")
     deadline = time.time() + 240
     while not os.path.exists(first) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert os.path.exists(first), "no checkpoint appeared before the kill"
-    assert not os.path.exists(os.path.join(resumed, "privacy.json")), "finished before kill"
+    assert not os.path.exists(workdir_lib.path(resumed, workdir_lib.PRIVACY_JSON)), \
+        "finished before kill"
 
     again = subprocess.run(_train_cmd(patch_records, resumed, steps), cwd=ROOT,
                            capture_output=True, text=True, timeout=600)
@@ -193,11 +209,11 @@ def test_kill_and_resume_counts_privacy_like_an_uninterrupted_run(patch_records,
     once = subprocess.run(_train_cmd(patch_records, straight, steps), cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert once.returncode == 0, once.stderr[-3000:]
-    card_resumed = json.load(open(os.path.join(resumed, "privacy.json")))
-    card_straight = json.load(open(os.path.join(straight, "privacy.json")))
+    card_resumed = workdir_lib.read_card(resumed)
+    card_straight = workdir_lib.read_card(straight)
     assert card_resumed == card_straight and card_resumed["critic_steps"] == steps
     # the flags file repeats the run
-    flags_txt = open(os.path.join(straight, "flags.txt")).read()
+    flags_txt = open(workdir_lib.path(straight, workdir_lib.FLAGS_TXT)).read()
     assert "--critic_steps=400" in flags_txt and f"--workdir={straight}" in flags_txt
 
 
@@ -219,7 +235,7 @@ def test_flagfiles_parse(cfg, monkeypatch):
 @pytest.mark.slow
 def test_export_command_reexports_from_checkpoint(private_run):
     config, _ = private_run
-    gen = os.path.join(config.workdir, "generator")
+    gen = _at(config, workdir_lib.GENERATOR)
     z = tf.random.normal([2, 8], seed=3)
     before = tf.saved_model.load(gen).signatures["serving_default"](latent=z)
     done = subprocess.run([sys.executable, "-m", "tfdpgan.export", f"--workdir={config.workdir}"],

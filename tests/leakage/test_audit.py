@@ -13,7 +13,7 @@ import tensorflow as tf
 from absl import flags
 
 from tfdpgan import audit as audit_command
-from tfdpgan import errors
+from tfdpgan import errors, workdir as workdir_lib
 from tfdpgan.gan import run as gan_run
 from tfdpgan.leakage import audit, critic, report
 
@@ -35,8 +35,12 @@ def _small(workdir, **kwargs):
 @pytest.mark.slow
 def test_audit_of_a_trained_workdir(tiny_run):
     result = audit.audit_workdir(_small(tiny_run))
-    out = os.path.join(tiny_run, "audit")
+    out = workdir_lib.path(tiny_run, workdir_lib.AUDIT)
+    assert out.startswith(workdir_lib.private_dir(tiny_run))   # reads real patches
     assert sorted(os.listdir(out)) == ["AUDIT.md", "audit.json", "near_copies.png"]
+    assert oct(os.stat(out).st_mode & 0o777) == oct(0o700)
+    assert {oct(os.stat(os.path.join(out, n)).st_mode & 0o777) for n in os.listdir(out)} == {
+        oct(0o600)}
     on_disk = json.load(open(os.path.join(out, "audit.json")))
     assert on_disk == result
     c = result["counts"]
@@ -52,7 +56,7 @@ def test_audit_of_a_trained_workdir(tiny_run):
         assert attack["patient"]["num_members"] == 3 and attack["patient"]["num_nonmembers"] == 3
         assert attack["patient"]["fpr_resolved"] == {"0.01": False, "0.001": False}
     p = result["privacy"]
-    card = json.load(open(os.path.join(tiny_run, "privacy.json")))
+    card = workdir_lib.read_card(tiny_run)
     assert p["private"] and p["epsilon"] == card["epsilon"] and p["delta"] == card["delta"]
     assert p["bounds"]["per_record"]["0.01"] == pytest.approx(
         min(1.0, math.exp(card["epsilon"]) * 0.01 + card["delta"]))
@@ -72,11 +76,11 @@ def test_audit_of_a_trained_workdir(tiny_run):
     assert "**not private**" in public and "DP bound" not in public
     assert "DP bound @ 1 %" in text
     # the critic restored is the trained one: its scores differ from a fresh critic's
-    run = json.load(open(os.path.join(tiny_run, "run.json")))
+    run = workdir_lib.read_run(tiny_run)
     fresh = gan_run.build_wgan(gan_run.config_from_run(run), 16,
                                gan_run.plan_from_run(run)).critic
     restored = critic.restore_critic(run, tf.train.latest_checkpoint(
-        os.path.join(tiny_run, "checkpoints")), 16)
+        workdir_lib.path(tiny_run, workdir_lib.CHECKPOINTS)), 16)
     x = tf.random.uniform([4, 16, 16, 2], -1, 1, seed=0)
     assert not np.allclose(fresh(x).numpy(), restored(x).numpy())
 
@@ -88,13 +92,13 @@ def test_audit_refuses_bad_input_without_output(tiny_run, tmp_path):
     # a copy without its generator, then without its checkpoints
     broken = str(tmp_path / "broken")
     shutil.copytree(tiny_run, broken, ignore=shutil.ignore_patterns("audit"))
-    shutil.rmtree(os.path.join(broken, "generator"))
+    shutil.rmtree(workdir_lib.path(broken, workdir_lib.GENERATOR))
     with pytest.raises(FileNotFoundError, match="no exported generator"):
         audit.audit_workdir(_small(broken))
-    shutil.rmtree(os.path.join(broken, "checkpoints"))
+    shutil.rmtree(workdir_lib.path(broken, workdir_lib.CHECKPOINTS))
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         audit.audit_workdir(_small(broken))
-    assert not os.path.exists(os.path.join(broken, "audit"))
+    assert not os.path.exists(workdir_lib.path(broken, workdir_lib.AUDIT))
     with pytest.raises(ValueError, match="num_synthetic"):
         audit.audit_workdir(dataclasses.replace(_small(tiny_run), num_synthetic=0))
 
@@ -129,18 +133,20 @@ def test_cli(tiny_run, tmp_path):
     done = _cli(*args, "--nocalibrate")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "AUC" in done.stdout and "near-copies" in done.stdout and "DP bound" in done.stdout
-    result = json.load(open(os.path.join(workdir, "audit", "audit.json")))
+    audit_json = os.path.join(workdir_lib.path(workdir, workdir_lib.AUDIT), "audit.json")
+    result = json.load(open(audit_json))
     assert result["memorisation"]["num_synthetic"] == 30 and result["settings"]["seed"] == 1
     # min(30 // 3 training, 30 // 1 val, 30 // 2 test patients)
     assert result["counts"]["patches_per_patient_cap"] == 10
     assert "critic_calibrated" not in result["attacks"]
     again = _cli(*args)
     assert again.returncode != 0 and "--overwrite" in again.stderr
-    assert json.load(open(os.path.join(workdir, "audit", "audit.json"))) == result
+    assert json.load(open(audit_json)) == result
     replaced = audit.audit_workdir(_small(workdir, overwrite=True))
-    assert json.load(open(os.path.join(workdir, "audit", "audit.json"))) == replaced
+    assert json.load(open(audit_json)) == replaced
     assert "critic_calibrated" in replaced["attacks"]
-    assert not [name for name in os.listdir(workdir) if name.startswith(".audit")]
+    assert not [name for name in os.listdir(workdir_lib.private_dir(workdir))
+                if name.startswith(".audit")]
 
 
 def test_bad_settings_are_refused_before_any_work(tmp_path):

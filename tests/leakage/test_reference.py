@@ -1,13 +1,12 @@
 """The leaky-reference settings (library function = flagfile), and the audit of a run trained
 on a canaried data set (canary patients measured in (c), left out of (a) and (b))."""
-import json
 import math
 import os
 
 import pytest
 from absl import flags
 
-from tfdpgan import train as train_command
+from tfdpgan import train as train_command, workdir as workdir_lib
 from tfdpgan.gan import run, training
 from tfdpgan.leakage import audit, canaries, reference
 
@@ -47,11 +46,11 @@ def test_audit_of_a_canaried_run(tiny_dataset, tmp_path):
     c = result["canaries"]
     assert c["patients"] == {canary: info["canaries"]["inserted"][0]}
     assert c["num_candidates"] == 30 and c["num_synthetic"] == 40
-    card = json.load(open(os.path.join(workdir, "privacy.json")))
+    card = workdir_lib.read_card(workdir)
     assert c["dp_bound"]["group_size"] == 40 and c["dp_bound"]["epsilon"] == card["epsilon"]
     for name in ("critic", "generator"):
         assert 0.0 <= c[name]["auc"] <= 1.0 and c[name]["num_inserted"] == 1
         assert len(c[name]["exposure_bits"]) == 1
-    text = open(os.path.join(workdir, "audit", "AUDIT.md")).read()
+    text = open(os.path.join(workdir_lib.path(workdir, workdir_lib.AUDIT), "AUDIT.md")).read()
     assert "## (c) Canaries" in text and "| critic (white-box) |" in text
     assert f"canary patients ({canary}) are left out" in text

@@ -20,9 +20,12 @@ Follows Kossen et al. (2022). :func:`evaluate` runs, in this order:
    patches sampled from the test volumes like the data set's patches (same patch size,
    normalisation and vessel fraction); ``fid_real_floor`` = real TRAIN patches vs the same test
    patches. Failing to load the network is an error, never a silent skip.
-5. **Report** (report.py), written atomically: ``W/eval/report.json``, ``W/eval/REPORT.md``,
-   ``W/eval/predictions/<case>.nii.gz`` (the first U-Net row; baselines in
-   ``predictions_<row>/``). Selected U-Nets are kept in ``W/eval_models/`` and reused.
+5. **Report** (report.py), written atomically: ``W/private/eval/report.json``,
+   ``W/private/eval/REPORT.md``, ``W/private/eval/predictions/<case>.nii.gz`` (the first U-Net
+   row; baselines in ``predictions_<row>/``). Selected U-Nets are kept in
+   ``W/private/eval_models/`` and reused. Both sit under the run's ``private/``
+   (tfdpgan.workdir): they are computed from real test (and, for baselines, training) data
+   outside the DP guarantee. An old flat workdir keeps ``W/eval/``.
 """
 import dataclasses
 import json
@@ -301,5 +304,16 @@ def evaluate(config: EvalConfig, reuse: bool = False) -> dict:
         report = _report(config, run, cases, test_where, sel, per_patient, fid_info, settings,
                          timing)
         report_lib.write_report(staging, report)
+    _secure_private(config, out_dir)
     logging.info("evaluation written to %s (%.0f s)", out_dir, time.time() - start)
     return report
+
+
+def _secure_private(config: EvalConfig, out_dir: str):
+    """Outputs under the run's private/ become owner-only like the rest of it (the report
+    and predictions are computed from real test data; tfdpgan.workdir)."""
+    private = os.path.abspath(workdir.private_dir(config.workdir))
+    for folder in (out_dir, workdir.path(config.workdir, selection.MODELS_DIR)):
+        folder = os.path.abspath(folder)
+        if os.path.commonpath([folder, private]) == private:
+            workdir.secure(folder)

@@ -4,18 +4,18 @@
 For every ε of ``epsilons`` (``inf`` = no DP) a generator is trained with
 tfdpgan.gan.training.train into ``<sweep_dir>/eps_<ε>`` (the train config's epsilon and workdir
 are replaced) and evaluated with tfdpgan.evaluation.evaluate on every test set (``test_data``
-folders; default the data set's own test patients) into ``eps_<ε>/eval`` (``eval_<name>`` for
-named test folders). With ``baselines`` the U-Net trained on the real training patches (upper
-bound) and the validation-chosen intensity threshold are evaluated once, into
-``<sweep_dir>/baselines``.
+folders; default the data set's own test patients) into ``eps_<ε>/private/eval``
+(``private/eval_<name>`` for named test folders; tfdpgan.workdir). With ``baselines`` the U-Net
+trained on the real training patches (upper bound) and the validation-chosen intensity
+threshold are evaluated once, into ``<sweep_dir>/baselines/private/eval``.
 
 Outputs in ``<sweep_dir>``: ``results.csv`` (one row per test set and row), ``results.md``
 (the table: ε, noise multiplier, ε spent, DSC ± SD, 95HD ± SD, FID) and ``results.png`` (DSC
 and FID against ε; ∞ at a labelled position at the right).
 
-Resumable: a finished training (privacy.json and generator/ present, same flags) is not
-redone, an interrupted one resumes from its checkpoint (training.train), and an evaluation
-whose report.json holds the same settings is not redone.
+Resumable: a finished training (release/privacy.json and release/generator/ present, same
+flags) is not redone, an interrupted one resumes from its checkpoint (training.train), and an
+evaluation whose report.json holds the same settings is not redone.
 """
 import csv
 import dataclasses
@@ -95,7 +95,9 @@ def test_sets(config: SweepConfig) -> List[Tuple[str, Optional[str]]]:
 
 
 def _eval_dir(run_dir: str, name: str, single_default: bool) -> str:
-    return os.path.join(run_dir, workdir.EVAL if single_default else f"{workdir.EVAL}_{name}")
+    """Under the run's private/ (an evaluation reads real test data)."""
+    return (workdir.path(run_dir, workdir.EVAL) if single_default
+            else workdir.private_path(run_dir, f"{workdir.EVAL}_{name}"))
 
 
 def training_finished(run_dir: str, flags_text: str) -> bool:
@@ -179,7 +181,8 @@ def run_sweep(config: SweepConfig, flags_text: str = "",
 
     ``flags_text``: the sweep's train flags as a flagfile (without --epsilon/--workdir); each
     point's flags.txt is it plus its own --epsilon and --workdir, so
-    ``python -m tfdpgan.train --flagfile=<sweep_dir>/eps_3/flags.txt`` repeats that point.
+    ``python -m tfdpgan.train --flagfile=<sweep_dir>/eps_3/private/flags.txt`` repeats that
+    point.
     """
     say = progress or (lambda line: print(line, flush=True))
     os.makedirs(config.sweep_dir, exist_ok=True)

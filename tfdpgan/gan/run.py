@@ -23,11 +23,11 @@ __all__ = ["TrainConfig", "group_size", "build_wgan", "make_checkpoint", "run_re
            "check_same_run", "config_from_run", "plan_from_run", "restore", "release_assets",
            "export_from_workdir", "init_from_prior", "describe_prior"]
 
-# Settings that do not change what a run computes: logging cadence, and whether ε and σ were
+# Settings that do not change what a run computes: logging cadence and content, and whether ε and σ were
 # both given (it only decides whether a disagreeing pair is refused; a run that starts has
 # the same plan either way). Not part of run.json.
 _COSMETIC = ("summary_every", "image_every", "checkpoint_every", "keep_checkpoints",
-             "epsilon_and_noise_given")
+             "epsilon_and_noise_given", "log_private_stats")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +48,7 @@ class TrainConfig:
     critic_steps: int = 3000                 # planned critic (DP) steps
     critic_steps_per_generator_step: int = 5
     base_filters: int = 16
+    critic_norm: str = "group"               # models.CRITIC_NORMS: group (paper) | none
     # 5e-4: at 2e-4 the demo-size generator still made texture without vessels after
     # 2000 critic steps; 5e-4 / 3000 steps gives vessel-like bright structures with labels.
     gan: wgan.WGANConfig = wgan.WGANConfig(critic_lr=5e-4, generator_lr=5e-4)
@@ -64,6 +65,9 @@ class TrainConfig:
     # the user gave both epsilon and noise_multiplier (judged by the command): σ must then
     # run all critic_steps within ε, else the run is refused (card.make_plan, both_given)
     epsilon_and_noise_given: bool = False
+    # also log what is computed from real data outside the DP mechanism (critic loss,
+    # Wasserstein estimate, gradient-norm quantiles, ...) into private/ (gan.training)
+    log_private_stats: bool = False
 
     @property
     def private(self) -> bool:
@@ -82,7 +86,8 @@ def build_wgan(config: TrainConfig, patch_size: int, plan: privacy_card.Plan) ->
         noise_multiplier=plan.noise_multiplier, expected_batch_size=float(config.batch_size),
         group_size=group_size(config))
     generator = models.build_generator(gan_config.latent_dim, patch_size, config.base_filters)
-    critic = models.build_critic(patch_size, config.base_filters)
+    critic = models.build_critic(patch_size, config.base_filters,
+                                 normalization=config.critic_norm)
     return wgan.WGAN(generator, critic, gan_config, seed=config.tf_seed)
 
 
@@ -183,17 +188,31 @@ def restore(run_dir: str) -> Tuple[TrainConfig, wgan.WGAN, dict]:
 
 
 def release_assets(card: dict, info: dict) -> dict:
-    """What travels with the generator: the card and the data-independent part of the
-    normalisation (dataset.json's per-patient entries are private and stay behind)."""
-    return {workdir.PRIVACY_JSON: card, workdir.NORMALIZATION_JSON: info["normalization"]}
+    """What travels with the generator: the card and the data-independent description of the
+    normalisation (method, formula, user-given range, and whether it is data-dependent;
+    dataset.json's per-patient parameters, ids, file names and checksums are private and stay
+    behind). A per-patient (percentile) normalisation is declared by ``data_dependent`` here
+    and by the card's ``data_independent_preprocessing`` = false."""
+    norm = {k: info["normalization"].get(k) for k in _RELEASED_NORMALIZATION
+            if k in info["normalization"]}
+    return {workdir.PRIVACY_JSON: card, workdir.NORMALIZATION_JSON: norm}
+
+
+# The keys of dataset.json's "normalization" that are settings, not statistics of the data.
+_RELEASED_NORMALIZATION = ("method", "percentile", "fixed_range", "target_range", "formula",
+                           "data_dependent", "note")
 
 
 def export_from_workdir(run_dir: str) -> str:
-    """Re-export the generator of the run in ``run_dir`` from its latest checkpoint."""
+    """Re-export the generator of the run in ``run_dir`` from its latest checkpoint (into
+    ``release/``, owner-only; an old flat workdir: where it was)."""
     _, gan, run = restore(run_dir)
     out = workdir.path(run_dir, workdir.GENERATOR)
-    export.export_generator(gan.release_generator, out, release_assets(
-        workdir.read_card(run_dir), records.read_dataset_json(run["data"])))
+    with workdir.owner_only():
+        export.export_generator(gan.release_generator, out, release_assets(
+            workdir.read_card(run_dir), records.read_dataset_json(run["data"])))
+    if not workdir.is_flat(run_dir):
+        workdir.secure(out)
     return out
 
 

@@ -76,7 +76,8 @@ def write_png(images, labels, out_dir: str, per_file: int = 64):
 
 def sample_to(generator_dir: str, num: int, out_dir: str, fmt: str, seed: int = 0,
               overwrite: bool = False):
-    """Write ``num`` synthetic pairs from the SavedModel at ``generator_dir`` into ``out_dir``."""
+    """Write ``num`` synthetic pairs from the SavedModel at ``generator_dir`` (or the
+    released generator of the finished training workdir ``generator_dir``) into ``out_dir``."""
     if fmt not in FORMATS:
         raise errors.SettingsError(f"unknown format {fmt!r}; choose from {FORMATS}")
     if num < 1:
@@ -84,9 +85,15 @@ def sample_to(generator_dir: str, num: int, out_dir: str, fmt: str, seed: int = 
     if os.path.exists(out_dir) and not overwrite:
         raise errors.OutputExistsError(f"{out_dir}: already exists (pass --overwrite to "
                                        f"replace it)")
+    if workdir.is_finished(generator_dir):     # a training workdir: its released generator
+        generator_dir = workdir.path(generator_dir, workdir.GENERATOR)
     if not os.path.isfile(os.path.join(generator_dir, "saved_model.pb")):
+        moved = workdir.path(os.path.dirname(os.path.normpath(generator_dir)) or ".",
+                             workdir.GENERATOR)
+        hint = (f"; the generator of that run is {moved}" if moved != generator_dir
+                and os.path.isfile(os.path.join(moved, "saved_model.pb")) else "")
         raise errors.MissingFileError(f"{generator_dir}: not an exported generator "
-                                      f"(no saved_model.pb)")
+                                      f"(no saved_model.pb){hint}")
     card = workdir.generator_card_path(generator_dir)
     if not os.path.isfile(card):
         raise errors.MissingFileError(

@@ -15,6 +15,32 @@ checkpoint and outputs; rerunning the same command removes the half-written left
 resumes. Determinism: with ``tf_seed`` set (it seeds TensorFlow, Keras' initialisers, Python's
 ``random`` and NumPy's global generator) and ``sampling_seed`` set, the same settings give the
 same losses and weights on one machine (tests/test_determinism.py).
+
+What goes where (tfdpgan.workdir): the card, PRIVACY.md, samples.png and the generator into
+``release/``; flags.txt, run.json and the checkpoints into ``private/``; everything created
+owner-only (0700 folders, 0600 files).
+
+TensorBoard. Everything written to ``release/tensorboard`` is DP-safe: settings, the privacy
+accounting, or post-processing of the DP mechanism's output (the critic after noised updates)
+applied to generated data only:
+  privacy/epsilon, privacy/noise_multiplier   accounting of the plan and the steps run
+  train/update_norm          global norm of the noised, clipped critic update (the
+                             mechanism's output; for ε = ∞ the plain gradient's norm)
+  train/generator_loss       critic (post-processing) on generated pairs
+  train/n_critic, train/critic_accuracy_on_fakes   the adaptive schedule: critic on fresh fakes
+  perf/steps_per_sec         wall-clock rate
+  samples/image_and_label_overlay   pairs drawn from the generator
+  run/plan (N, q, σ, δ, steps: all on the released card), privacy/statement (PRIVACY.md)
+NOT covered by the guarantee (functions of the private batch outside the mechanism), logged
+only with ``log_private_stats`` and then into ``private/tensorboard_private``:
+  train/critic_loss, train/wasserstein_estimate   critic on a REAL batch (wgan._critic_metrics)
+  train/norm_q10, norm_q50, norm_q90, clipped_fraction   per-record gradient norms of the
+                             real batch before clipping (dp.clipping.norm_stats)
+  train/batch_size           the realised Poisson batch size (an exact count of sampled records)
+  run/flags                  flags.txt (holds --tf_seed and data paths)
+A metric not named in DP_SAFE_SCALARS is treated as private (default deny). The console
+progress line shows the Wasserstein estimate only with ``log_private_stats`` too. For an
+ε = ∞ run nothing is covered by any guarantee; the same split is applied.
 """
 import dataclasses
 import json
@@ -24,6 +50,7 @@ import shutil
 import signal
 import threading
 import time
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -35,7 +62,33 @@ from tfdpgan.dp import accounting
 from tfdpgan.dp import card as privacy_card
 from tfdpgan.gan import export, run as run_lib, schedule as schedule_lib, wgan
 
-__all__ = ["train", "batches", "finish", "check_settings", "discarded_steps"]
+__all__ = ["train", "batches", "finish", "check_settings", "discarded_steps",
+           "DP_SAFE_SCALARS", "PRIVATE_SCALARS", "Writers"]
+
+# train/ scalars that are DP-safe (see the module docstring); every other metric is private.
+DP_SAFE_SCALARS = ("update_norm", "generator_loss", "n_critic", "critic_accuracy_on_fakes")
+# The private ones known today (documentation and tests; the rule is "not DP-safe").
+PRIVATE_SCALARS = ("critic_loss", "wasserstein_estimate", "norm_q10", "norm_q50", "norm_q90",
+                   "clipped_fraction", "batch_size")
+
+
+@dataclasses.dataclass
+class Writers:
+    """TensorBoard writers: ``release`` (DP-safe) and ``private`` (None unless
+    log_private_stats)."""
+    release: tf.summary.SummaryWriter
+    private: Optional[tf.summary.SummaryWriter] = None
+
+    @classmethod
+    def open(cls, run_dir: str, log_private_stats: bool) -> "Writers":
+        return cls(tf.summary.create_file_writer(workdir.path(run_dir, workdir.TENSORBOARD)),
+                   tf.summary.create_file_writer(workdir.path(
+                       run_dir, workdir.TENSORBOARD_PRIVATE)) if log_private_stats else None)
+
+    def flush(self):
+        for w in (self.release, self.private):
+            if w is not None:
+                w.flush()
 
 
 def check_settings(config: run_lib.TrainConfig):
@@ -75,7 +128,18 @@ def train(config: run_lib.TrainConfig, flags_text: str = "") -> dict:
         noise_multiplier=config.noise_multiplier, delta=config.delta,
         accountant=config.accountant, both_given=config.epsilon_and_noise_given)
     run_dir = config.workdir
-    os.makedirs(run_dir, exist_ok=True)  # only once the data and the settings are valid
+    workdir.make_dirs(run_dir)  # only once the data and the settings are valid
+    with workdir.owner_only():
+        try:
+            return _run(config, flags_text, rec_dir, info, arrays, plan)
+        finally:   # also after a crash or a stop: nothing readable by others
+            workdir.secure(workdir.release_dir(run_dir))
+            workdir.secure(workdir.private_dir(run_dir))
+
+
+def _run(config, flags_text, rec_dir, info, arrays, plan) -> dict:
+    """train() once the workdir's folders exist."""
+    run_dir = config.workdir
     if flags_text:
         atomic.write_text_atomic(workdir.path(run_dir, workdir.FLAGS_TXT), flags_text)
     run_lib.check_same_run(run_dir, run_lib.run_record(config, plan, rec_dir))
@@ -99,15 +163,15 @@ def train(config: run_lib.TrainConfig, flags_text: str = "") -> dict:
         run_lib.init_from_prior(gan, config.init_from)
         logging.info("initialised generator and critic from %s (public prior)",
                      config.init_from)
-    writer = tf.summary.create_file_writer(run_dir)
-    _log_plan(config, plan, writer)
+    writers = Writers.open(run_dir, config.log_private_stats)
+    _log_plan(config, plan, writers)
     _warn_weak(config, plan, info)
     # steps rolled back after a divergence were spent: the budget left shrinks by them
     plan = dataclasses.replace(plan, critic_steps=max(
         plan.critic_steps - discarded_steps(run_dir), int(step)))
     data = batches(config, arrays, plan, int(seed.numpy()), int(step))
-    _loop(config, plan, gan, schedule, data, step, manager, writer)
-    return finish(run_dir, gan, config, plan, int(step), info, writer, prior)
+    _loop(config, plan, gan, schedule, data, step, manager, writers)
+    return finish(run_dir, gan, config, plan, int(step), info, writers, prior)
 
 
 def _resume(manager, gan, step, seed, schedule):
@@ -134,7 +198,8 @@ def _remove_leftovers(run_dir):
     run, written by one process): atomic.* temporaries and staging folders, TensorFlow's
     ``ckpt-N_temp/`` and ``checkpoint.tmp*``. The complete outputs are never touched."""
     ckpt = workdir.path(run_dir, workdir.CHECKPOINTS)
-    removed = (atomic.remove_leftovers(run_dir, staged=[workdir.GENERATOR])
+    removed = (atomic.remove_leftovers(workdir.release_dir(run_dir), staged=[workdir.GENERATOR])
+               + atomic.remove_leftovers(workdir.private_dir(run_dir))
                + atomic.remove_leftovers(ckpt))
     for name in sorted(os.listdir(ckpt)) if os.path.isdir(ckpt) else []:
         path = os.path.join(ckpt, name)
@@ -149,7 +214,7 @@ def _remove_leftovers(run_dir):
         logging.info("removed what an interrupted earlier process left: %s", removed)
 
 
-def _loop(config, plan, gan, schedule, data, step, manager, writer):
+def _loop(config, plan, gan, schedule, data, step, manager, writers):
     """One private critic update per batch, a generator step when the schedule says so,
     logs and checkpoints; a final checkpoint at the last step. SIGINT/SIGTERM: checkpoint
     at the current step, then errors.Interrupted. A non-finite update or generator loss:
@@ -171,14 +236,10 @@ def _loop(config, plan, gan, schedule, data, step, manager, writer):
                     (metrics, "update_norm"), (generator_metrics, "generator_loss")) if k in m):
                 _diverged(config, plan, manager, s)
             if s % config.summary_every == 0 or s == total:
-                metrics = {**metrics, **generator_metrics, **gan.critic_metrics(pairs)}
-                rate = (s - start_step) / max(time.time() - start, 1e-9)
-                _write_scalars(writer, s, metrics, config, plan, rate)
-                logging.info("critic step %d/%d  W %.4f  eps %.3f  %.2f steps/s  ~%.0f s left",
-                             s, total, float(metrics["wasserstein_estimate"]),
-                             _epsilon(config, plan, s), rate, (total - s) / max(rate, 1e-9))
+                _summarise(config, plan, gan, pairs, {**metrics, **generator_metrics}, s,
+                           (s - start_step) / max(time.time() - start, 1e-9), writers)
             if s % config.image_every == 0:
-                _write_images(writer, gan, s, config.num_samples_png)
+                _write_images(writers.release, gan, s, config.num_samples_png)
             if s % config.checkpoint_every == 0 or stop.signum:
                 manager.save(checkpoint_number=s)
             if stop.signum:
@@ -210,10 +271,26 @@ class _StopSignals:
             signal.signal(signum, handler)
 
 
+def _summarise(config, plan, gan, pairs, metrics, s, rate, writers):
+    """Scalars of critic step ``s`` (DP-safe to release, the rest to private, see the module
+    docstring) and the console progress line."""
+    if writers.private is not None:
+        metrics = {**metrics, **gan.critic_metrics(pairs)}   # real batch: private
+    _write_scalars(writers, s, metrics, config, plan, rate)
+    total = plan.critic_steps
+    private = (f"  W {float(metrics['wasserstein_estimate']):.4f}"
+               if "wasserstein_estimate" in metrics else "")
+    generator = (f"  G loss {float(metrics['generator_loss']):.4f}"
+                 if "generator_loss" in metrics else "")
+    logging.info("critic step %d/%d%s%s  eps %.3f  %.2f steps/s  ~%.0f s left", s, total,
+                 generator, private, _epsilon(config, plan, s), rate,
+                 (total - s) / max(rate, 1e-9))
+
+
 def discarded_steps(run_dir: str) -> int:
     """Critic steps that ran but were rolled back after a divergence (ledger.json); they are
     spent privacy and are added to the steps of the card."""
-    path = os.path.join(run_dir, workdir.CHECKPOINTS, workdir.LEDGER_JSON)
+    path = workdir.ledger_path(run_dir)
     return int(workdir.read_json(path, "the privacy ledger")["discarded_critic_steps"]) \
         if os.path.isfile(path) else 0
 
@@ -287,7 +364,7 @@ def _warn_weak(config, plan, info):
                         config.epsilon, plan.critic_steps, config.critic_steps)
 
 
-def _log_plan(config, plan, writer):
+def _log_plan(config, plan, writers):
     if config.private:
         logging.info("DP critic (per %s): noise multiplier %.4f, clip %g, q %.5f (batch %d "
                      "of %d), delta %.3g, %d critic steps -> epsilon %.3f (%s)",
@@ -297,22 +374,31 @@ def _log_plan(config, plan, writer):
                      _epsilon(config, plan, plan.critic_steps), config.accountant)
     else:
         logging.warning("epsilon=inf: training WITHOUT differential privacy")
-    with writer.as_default():
+    with writers.release.as_default():   # N, q, σ, δ, steps: all on the released card
         tf.summary.text("run/plan", json.dumps(plan.as_dict(), indent=2), step=0)
 
 
-def _write_scalars(writer, s, metrics, config, plan, rate):
-    with writer.as_default():
+def _write_scalars(writers, s, metrics, config, plan, rate):
+    """train/ scalars named in DP_SAFE_SCALARS, privacy/ and perf/ into the release events;
+    every other train/ scalar into the private events (dropped without them)."""
+    with writers.release.as_default():
         for name, value in metrics.items():
-            tf.summary.scalar(f"train/{name}", value, step=s)
+            if name in DP_SAFE_SCALARS:
+                tf.summary.scalar(f"train/{name}", value, step=s)
         tf.summary.scalar("privacy/epsilon", _epsilon(config, plan, s)
                           if config.private else -1.0, step=s)
         tf.summary.scalar("privacy/noise_multiplier", plan.noise_multiplier, step=s)
         tf.summary.scalar("perf/steps_per_sec", rate, step=s)
-    writer.flush()
+    if writers.private is not None:
+        with writers.private.as_default():
+            for name, value in metrics.items():
+                if name not in DP_SAFE_SCALARS:
+                    tf.summary.scalar(f"train/{name}", value, step=s)
+    writers.flush()
 
 
 def _write_images(writer, gan, s, n):
+    """Generated pairs only (DP-safe): into the release events."""
     pairs = gan.sample(n).numpy()
     grid = viz.overlay_grid(pairs[..., 0], (pairs[..., 1] > 0).astype(np.uint8))
     with writer.as_default():
@@ -320,9 +406,10 @@ def _write_images(writer, gan, s, n):
     return grid
 
 
-def finish(run_dir, gan, config, plan, steps_run, info, writer, prior=None) -> dict:
+def finish(run_dir, gan, config, plan, steps_run, info, writers, prior=None) -> dict:
     """Privacy card, samples.png and the exported generator, from the steps actually run.
-    ``prior``: run_lib.describe_prior of the public prior the run started from, if any."""
+    ``writers``: Writers. ``prior``: run_lib.describe_prior of the public prior the run
+    started from, if any."""
     card = privacy_card.make_card(
         private=config.private, noise_multiplier=plan.noise_multiplier,
         l2_norm_clip=config.l2_norm_clip, expected_batch_size=config.batch_size,
@@ -336,16 +423,17 @@ def finish(run_dir, gan, config, plan, steps_run, info, writer, prior=None) -> d
         data_independent_preprocessing=not info["normalization"].get("data_dependent", True),
         public_prior=prior)
     privacy_card.write_card(run_dir, card)
-    grid = _write_images(writer, gan, steps_run, config.num_samples_png)
+    grid = _write_images(writers.release, gan, steps_run, config.num_samples_png)
     atomic.write_bytes_atomic(workdir.path(run_dir, workdir.SAMPLES_PNG),
                               tf.io.encode_png(grid).numpy())
-    with writer.as_default():
+    with writers.release.as_default():
         tf.summary.text("privacy/statement", privacy_card.render_markdown(card),
                         step=steps_run)
-        if os.path.isfile(workdir.path(run_dir, workdir.FLAGS_TXT)):
-            with open(workdir.path(run_dir, workdir.FLAGS_TXT)) as f:
-                tf.summary.text("run/flags", "```\n" + f.read() + "\n```", step=steps_run)
-    writer.flush()
+    flags_txt = workdir.path(run_dir, workdir.FLAGS_TXT)
+    if writers.private is not None and os.path.isfile(flags_txt):
+        with open(flags_txt) as f, writers.private.as_default():   # --tf_seed, data paths
+            tf.summary.text("run/flags", "```\n" + f.read() + "\n```", step=steps_run)
+    writers.flush()
     export.export_generator(gan.release_generator, workdir.path(run_dir, workdir.GENERATOR),
                             run_lib.release_assets(card, info))
     return card

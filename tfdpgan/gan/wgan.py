@@ -12,6 +12,11 @@ Gaussian noise noise_multiplier * C, divided by the EXPECTED number of records. 
 step reads only the critic, so it is post-processing. With ``private=False`` (ε = ∞) the plain
 gradient of the weighted mean loss is used: no clipping, no noise.
 
+Instance noise (``instance_noise`` = s > 0; Sønderby et al. 2017): every real and fake pair the
+critic sees in training, in both steps, gets its own fresh N(0, s^2) noise (from the run's
+generator ``rng``). It is a per-row randomisation of row j alone, so per-record clipping
+bounds the record's contribution exactly as before: the DP argument is unchanged.
+
 Generator EMA (``ema_decay`` > 0): an exponential moving average of the generator's weights
 after every generator step (moving BatchNorm statistics copied), exported and sampled instead
 of the raw generator. It is a function of the generator iterates only, so post-processing:
@@ -49,6 +54,7 @@ class WGANConfig:
     group_size: int = 1                # rows per record: 1 (patch) or k (patient)
     dp_backend: str = "fast"           # fast | tf_privacy (see tfdpgan.dp.step)
     ema_decay: float = 0.0             # > 0: release an EMA of the generator weights
+    instance_noise: float = 0.0        # std of N(0, s^2) added to every pair the critic sees
 
 
 def to_pairs(image, label):
@@ -118,6 +124,12 @@ class WGAN(tf.Module):
         z = (rng or self.rng).normal([n, self.config.latent_dim])
         return self.generator(z, training=training)
 
+    def with_instance_noise(self, pairs):
+        """``pairs`` + fresh N(0, instance_noise^2) per element (identity when off)."""
+        if self.config.instance_noise <= 0:
+            return pairs
+        return pairs + self.rng.normal(tf.shape(pairs), stddev=self.config.instance_noise)
+
     def fakes_for(self, n):
         """n fakes for the critic step, drawn in independent chunks of a FIXED size
         (ceil of the expected rows per step). The generator's BatchNorm couples the samples of
@@ -140,7 +152,8 @@ class WGAN(tf.Module):
     def _critic_step(self, real, weight):
         """One critic update on rows ``real`` [B, P, P, C] with row weights ``weight`` [B]
         (B a multiple of group_size; see the module docstring)."""
-        fake = self.fakes_for(tf.shape(real)[0])
+        fake = self.with_instance_noise(self.fakes_for(tf.shape(real)[0]))
+        real = self.with_instance_noise(real)
         variables = self.critic.trainable_variables
         stats = {}
         rows = (real, fake, weight)
@@ -175,7 +188,7 @@ class WGAN(tf.Module):
 
     def _generator_step(self, batch_size):
         with tf.GradientTape() as tape:
-            fake = self._sample(batch_size, training=True)
+            fake = self.with_instance_noise(self._sample(batch_size, training=True))
             loss = losses.generator_loss(self.config.loss,
                                          self.critic(fake, training=True)[:, 0])
         variables = self.generator.trainable_variables

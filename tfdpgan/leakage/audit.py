@@ -1,13 +1,14 @@
 """Measure what a trained run leaks: membership inference and memorisation.
 
-``audit_workdir(AuditConfig(workdir=W))`` writes ``W/audit/`` (atomically: audit.json,
+``audit_workdir(AuditConfig(workdir=W))`` writes ``W/private/audit/`` (atomically: audit.json,
 AUDIT.md, near_copies.png; tfdpgan.leakage.report) and returns audit.json's contents. The
 command is ``python -m tfdpgan.audit``.
 
 THIS IS A MEASUREMENT FOR THE DATA HOLDER, NOT A RELEASE. It reads the private training
 patches, the held-out patients and the critic checkpoint; its outputs name patients and
-near_copies.png shows training patches. Keep W/audit/ with the checkpoints, inside the
-institution. It does not change the run's privacy guarantee (it spends no ε and adds none).
+near_copies.png shows training patches. It is written under the run's private/ (owner-only,
+tfdpgan.workdir; ``W/audit/`` in an old flat workdir) with the checkpoints: keep it inside
+the institution. It does not change the run's privacy guarantee (it spends no ε and adds none).
 
 Steps, each in its module:
   real       members (the run's training patients) and non-members (its val and test
@@ -179,7 +180,7 @@ def assemble_result(config: AuditConfig, inputs: AuditInputs, rec_dir: str,
 
 
 def audit_workdir(config: AuditConfig) -> dict:
-    """Run the whole audit of ``config.workdir``; write W/audit/ and return audit.json's
+    """Run the whole audit of ``config.workdir``; write W/private/audit/ and return audit.json's
     contents."""
     _check_settings(config)
     inputs = check_inputs(config.workdir, config.overwrite)
@@ -211,5 +212,7 @@ def audit_workdir(config: AuditConfig) -> dict:
                              gm["memorisation"], time.time() - started, canary_result)
     png = report.near_copies_grid(syn_images, syn_labels, patches, gm["_d_train"],
                                   gm["_nearest_train"], config.num_png)
-    report.write_outputs(inputs.out, result, png, config.overwrite)
+    with workdir.owner_only():
+        report.write_outputs(inputs.out, result, png, config.overwrite)
+    workdir.secure(inputs.out)
     return result
