@@ -6,7 +6,7 @@
   python -m tfdpgan.evaluate --workdir=W --real_train=REC --threshold_baseline   # + baselines
   python -m tfdpgan.evaluate --workdir=W --selection=real_val    # the paper's selection
 
-Writes W/eval/{report.json, REPORT.md, predictions/}; the steps are in
+Writes W/private/eval/{report.json, REPORT.md, predictions/}; the steps are in
 tfdpgan.evaluation.evaluate.
 """
 import os
@@ -26,7 +26,7 @@ def define_flags(fv: flags.FlagValues = FLAGS, sweep: bool = False):
     fdef = cli.FlagDefiner(fv)
     if not sweep:
         fdef.DEFINE_string("workdir", None, "Training workdir to evaluate (its generator/).")
-        fdef.DEFINE_string("out_dir", None, "Output folder (default: WORKDIR/eval).")
+        fdef.DEFINE_string("out_dir", None, "Output folder (default: WORKDIR/private/eval).")
         fdef.DEFINE_string("data", None, "The run's TFRecord data set (default: run.json's).")
         fdef.DEFINE_string("test_data", None, "Folder with imagesTs/ labelsTs/ [masksTs/] "
                            "(default: the test patients of the run's data set).")

@@ -18,7 +18,7 @@ FLAGS = flags.FLAGS
 
 def define_flags(fv: flags.FlagValues = FLAGS):
     fdef = cli.FlagDefiner(fv)
-    fdef.DEFINE_string("generator", None, "Exported generator SavedModel (WORKDIR/generator).")
+    fdef.DEFINE_string("generator", None, "Exported generator SavedModel (WORKDIR/release/generator, or the workdir).")
     fdef.DEFINE_integer("num", 1000, "Number of synthetic image+label pairs.")
     fdef.DEFINE_string("out", None, "Output folder.")
     fdef.DEFINE_enum("format", "tfrecord", list(sample.FORMATS), "Output format.")

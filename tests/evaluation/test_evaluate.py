@@ -177,14 +177,37 @@ def test_default_selection_is_synthetic_and_reads_no_real_validation_volume(run,
     monkeypatch.setattr(volumes, "load_volume", load_volume)
     out = str(tmp_path / "eval")
     assert evaluate.EvalConfig(workdir="").selection == "synthetic_val"
-    result = evaluate.evaluate(_config(run, synthetic=syn, threshold_baseline=True,
-                                       out_dir=out))
+    result = evaluate.evaluate(_config(run, synthetic=syn, out_dir=out))
     assert read == ["t0", "t1"]                       # test patients only, no val volume
     sel = result["selection"]
     assert sel["method"] == "synthetic_val" and sel["uses_private_data"] is False
     assert sel["num_train_patches"] + sel["num_val_patches"] == 40
     assert result["flags"]["synthetic"] == syn
     assert os.path.isfile(os.path.join(out, "report.json"))
+
+
+def test_threshold_baseline_is_chosen_on_real_validation_volumes(run, tmp_path, monkeypatch):
+    """The threshold row is a real-data baseline: even with synthetic selection its threshold
+    comes from the real validation volumes (read before any test volume), never from the
+    synthetic patches."""
+    syn = str(tmp_path / "syn")
+    sample.sample_to(workdir_lib.path(run["workdir"], workdir_lib.GENERATOR), 40, syn,
+                     "tfrecord")
+    read = []
+    real_load = volumes.load_volume
+
+    def load_volume(case, patch_size=None):
+        read.append(case.patient_id)
+        return real_load(case, patch_size)
+
+    monkeypatch.setattr(volumes, "load_volume", load_volume)
+    result = evaluate.evaluate(_config(run, synthetic=syn, threshold_baseline=True,
+                                       out_dir=str(tmp_path / "eval")))
+    val_ids = json.load(open(os.path.join(run["rec"], "dataset.json")))["splits"]["val"]
+    assert read[:len(val_ids["patients"])] == val_ids["patients"]
+    assert read[len(val_ids["patients"]):] == ["t0", "t1"]
+    assert result["selection"]["method"] == "synthetic_val"
+    assert result["baselines"]["threshold"]["selection"]["method"] == "real_val"
 
 
 def test_reuse_skips_finished_evaluation(evaluated, run, monkeypatch):

@@ -95,7 +95,8 @@ def test_public_prior_is_stated_and_costs_no_privacy(patch_records, tiny_dataset
     config = _config(tmp_path, patch_records, "fine", init_from=prior.workdir)
     card = training.train(config)
     assert _privacy(card) == _privacy(plain_card)
-    assert card["public_prior"]["workdir"] == os.path.abspath(prior.workdir)
+    assert card["public_prior"]["workdir"] == os.path.basename(prior.workdir)
+    assert os.sep not in card["public_prior"]["data"]       # released: no absolute paths
     assert card["public_prior"]["prior_private"] is False
     assert "Public prior" in open(workdir.path(config.workdir, workdir.PRIVACY_MD)).read()
 

@@ -235,9 +235,10 @@ def _scope_lines(card: dict) -> list:
         "## What is not protected",
         "- The critic weights and the training checkpoints (they contain the secret sampling "
         "seed): keep them inside the institution.",
-        "- The TensorBoard logs of the run (critic loss, Wasserstein estimate, per-example "
-        "gradient-norm quantiles, clipped fraction) are computed from the private batches "
-        "outside the DP mechanism: keep them internal too.",
+        "- The TensorBoard events in release/ hold only DP-safe quantities. The critic loss, "
+        "Wasserstein estimate, per-example gradient-norm quantiles and clipped fraction are "
+        "computed from private batches outside the DP mechanism: they are written only with "
+        "--log_private_stats, into private/, and stay internal.",
         "- Choices made by looking at the same data (hyperparameters, the choice of ε, "
         "repeated runs): each extra run on the same data spends its own ε.",
         ("- Intensity normalisation is data-independent (a fixed range), so it leaks nothing."

@@ -120,6 +120,11 @@ def select(config: EvalConfig, run: inputs.Run, timing: dict) -> Selected:
                                                                 scorer, models_root)
         timing[f"{row}_unet_seconds"] = time.time() - t
     if config.threshold_baseline:
+        # A real-data baseline (like real_train): its threshold is chosen on the real
+        # validation volumes whenever there are any, whatever the U-Net selection; on
+        # synthetic patches it would measure the generator, not the threshold.
+        if scorer is None and val_cases:
+            scorer = _real_val_scorer(config, run, val_cases)
         threshold, selections["threshold"] = selection.threshold_selection(config, scorer,
                                                                            train_sets)
         selections["threshold"]["threshold"] = report_lib.finite(threshold)

@@ -38,7 +38,9 @@ PRIVACY_NOTE_REAL_VAL = (
     "privacy-free selection on held-out synthetic patches.")
 PRIVACY_NOTE_SYNTHETIC_VAL = (
     "Model selection used held-out synthetic patches only (privacy-free post-processing of the "
-    "generator); for the real_train row it used held-out real training patches.")
+    "generator); for the real_train row it used held-out real training patches, and the "
+    "threshold baseline's threshold was chosen on the real validation volumes (both rows are "
+    "real-data baselines).")
 PRIVACY_NOTE_TEST = (
     "The test metrics and FID are computed from real test patients (and FID's floor from real "
     "training patches): this report is itself derived from private data and is for internal "
@@ -183,7 +185,7 @@ def _selection_line(name: str, s: dict) -> Optional[str]:
         return line
     if "threshold" in s:
         return (f"- {name}: threshold {format_number(s['threshold'], 4)} on the "
-                f"{s['scale']}")
+                f"{s['scale']}, chosen on {s.get('method', 'validation')}")
     return None
 
 

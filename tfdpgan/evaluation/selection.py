@@ -156,8 +156,9 @@ def train_selected(config: EvalConfig, run: Run, row: str, train_arrays, scorer,
 
 def threshold_selection(config: EvalConfig, scorer: Optional[VolumeScorer],
                         train_sets: dict) -> Tuple[float, dict]:
-    """The threshold baseline's threshold, chosen on the validation volumes (real_val) or on
-    the held-out share of the first row's training patches (synthetic_val)."""
+    """The threshold baseline's threshold, chosen on the real validation volumes of
+    ``scorer`` (the evaluation passes them whenever the data set has validation patients) or,
+    without them, on the held-out share of the first row's training patches."""
     if scorer is not None:
         data = scorer.threshold_data()
     else:
@@ -165,6 +166,7 @@ def threshold_selection(config: EvalConfig, scorer: Optional[VolumeScorer],
         _, (vi, vl) = holdout(images, labels, config.synthetic_val_fraction, config.seed)
         data = ([vi], [vl], [np.ones_like(vl)])
     threshold = choose_threshold(*data)
-    return threshold, {"row": "threshold", "method": config.selection,
+    return threshold, {"row": "threshold",
+                       "method": "real_val" if scorer is not None else "synthetic_val",
                        "scale": "normalised intensity ([-1, 1])"}
 

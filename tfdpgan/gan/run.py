@@ -237,7 +237,9 @@ def describe_prior(prior_dir: str, rec_dir: str) -> dict:
             f"{len(shared) or 'all'} source files with this run's private data; a prior must "
             f"come from public data (e.g. the built-in phantom)")
     prior_card = workdir.read_card(prior_dir)
-    return {"workdir": os.path.abspath(prior_dir), "data": prior_run["data"],
+    # folder NAMES only: the card is released, and absolute paths tell about the institution
+    return {"workdir": os.path.basename(os.path.abspath(prior_dir)),
+            "data": os.path.basename(os.path.normpath(prior_run["data"])),
             "prior_private": prior_card["private"], "prior_epsilon": prior_card["epsilon"],
             "prior_critic_steps": prior_card["critic_steps"]}
 
