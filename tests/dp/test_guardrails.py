@@ -30,6 +30,18 @@ def test_void_budgets_are_refused(kwargs, match):
         privacy_card.make_plan(**{**args, **kwargs})
 
 
+def test_fixed_seed_with_tf_privacy_noise_is_refused(patch_records, tmp_path):
+    """TF Privacy's noise restarts with the process: a fixed --tf_seed would repeat it after a
+    resume. The fast backend (checkpointed generator) accepts the seed."""
+    config = run.TrainConfig(workdir=str(tmp_path / "w"), data=patch_records,
+                             **dict(TINY, epsilon=3.0, tf_seed=1))
+    training.check_settings(config)
+    bad = dataclasses.replace(config, gan=dataclasses.replace(config.gan, dp_backend="tf_privacy"))
+    with pytest.raises(errors.SettingsError, match="repeat the noise"):
+        training.check_settings(bad)
+    training.check_settings(dataclasses.replace(bad, epsilon=math.inf))   # no noise: fine
+
+
 def test_valid_delta_just_below_one_over_n_is_accepted():
     plan = privacy_card.make_plan(num_records=100, expected_batch_size=10, critic_steps=10,
                                   epsilon=3.0, delta=0.0099)

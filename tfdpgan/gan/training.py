@@ -99,6 +99,12 @@ def check_settings(config: run_lib.TrainConfig):
     if config.patches_per_patient < 1:
         raise errors.SettingsError(f"patches_per_patient must be >= 1, got "
                                    f"{config.patches_per_patient}")
+    if config.private and config.tf_seed is not None and config.gan.dp_backend == "tf_privacy":
+        raise errors.SettingsError(
+            "--tf_seed with --dp_backend=tf_privacy: TF Privacy draws the DP noise from "
+            "TensorFlow's process-level random ops, which restart when a run resumes, so with a "
+            "fixed seed a resumed run would repeat the noise of its first steps; drop --tf_seed "
+            "or use --dp_backend=fast (its noise generator is checkpointed)")
     if config.private and not config.l2_norm_clip > 0:
         raise errors.SettingsError(f"l2_norm_clip must be positive for a private run, got "
                                    f"{config.l2_norm_clip} (a zero clip makes every step "
