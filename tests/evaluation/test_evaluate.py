@@ -162,8 +162,9 @@ def test_test_data_is_read_only_after_model_selection(evaluated, run):
     assert not any(path in test_images for i, path in reads if i < max(selection))
 
 
-def test_default_selection_is_synthetic_and_reads_no_real_validation_volume(run, tmp_path,
-                                                                            monkeypatch):
+def _synthetic_set_and_volume_reads(run, tmp_path, monkeypatch):
+    """(40 sampled synthetic pairs as a TFRecord folder, the list that records the patient id
+    of every volume load_volume reads from now on)."""
     syn = str(tmp_path / "syn")
     sample.sample_to(workdir_lib.path(run["workdir"], workdir_lib.GENERATOR), 40, syn,
                      "tfrecord")
@@ -175,6 +176,12 @@ def test_default_selection_is_synthetic_and_reads_no_real_validation_volume(run,
         return real_load(case, patch_size)
 
     monkeypatch.setattr(volumes, "load_volume", load_volume)
+    return syn, read
+
+
+def test_default_selection_is_synthetic_and_reads_no_real_validation_volume(run, tmp_path,
+                                                                            monkeypatch):
+    syn, read = _synthetic_set_and_volume_reads(run, tmp_path, monkeypatch)
     out = str(tmp_path / "eval")
     assert evaluate.EvalConfig(workdir="").selection == "synthetic_val"
     result = evaluate.evaluate(_config(run, synthetic=syn, out_dir=out))
@@ -190,17 +197,7 @@ def test_threshold_baseline_is_chosen_on_real_validation_volumes(run, tmp_path, 
     """The threshold row is a real-data baseline: even with synthetic selection its threshold
     comes from the real validation volumes (read before any test volume), never from the
     synthetic patches."""
-    syn = str(tmp_path / "syn")
-    sample.sample_to(workdir_lib.path(run["workdir"], workdir_lib.GENERATOR), 40, syn,
-                     "tfrecord")
-    read = []
-    real_load = volumes.load_volume
-
-    def load_volume(case, patch_size=None):
-        read.append(case.patient_id)
-        return real_load(case, patch_size)
-
-    monkeypatch.setattr(volumes, "load_volume", load_volume)
+    syn, read = _synthetic_set_and_volume_reads(run, tmp_path, monkeypatch)
     result = evaluate.evaluate(_config(run, synthetic=syn, threshold_baseline=True,
                                        out_dir=str(tmp_path / "eval")))
     val_ids = json.load(open(os.path.join(run["rec"], "dataset.json")))["splits"]["val"]

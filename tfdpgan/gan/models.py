@@ -10,7 +10,8 @@ import math
 
 import tensorflow as tf
 
-__all__ = ["MAX_STAGES", "BN_MOMENTUM", "CRITIC_NORMS", "default_num_stages", "build_generator", "build_critic"]
+__all__ = ["MAX_STAGES", "BN_MOMENTUM", "CRITIC_NORMS", "default_num_stages", "build_generator",
+           "build_critic"]
 
 MAX_STAGES = 5
 # Generator BatchNorm: moving statistics (used at export/inference) must track the training

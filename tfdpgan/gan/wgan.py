@@ -62,6 +62,13 @@ def to_pairs(image, label):
     return tf.concat([image, 2.0 * label - 1.0], axis=-1)
 
 
+def _random_generator(seed):
+    """A tf.random.Generator from ``seed``, or from OS entropy when it is None."""
+    if seed is None:
+        return tf.random.Generator.from_non_deterministic_state()
+    return tf.random.Generator.from_seed(seed)
+
+
 class WGAN(tf.Module):
     """Generator, critic, their optimizers and the two training steps."""
 
@@ -72,10 +79,8 @@ class WGAN(tf.Module):
         # ``rng``, whose state is a variable: checkpointed with the run (run.make_checkpoint),
         # a resumed run continues the sequence exactly where an uninterrupted one would be.
         # Logging samples use ``log_rng``, so the logging cadence never shifts training.
-        self.rng = (tf.random.Generator.from_seed(seed) if seed is not None
-                    else tf.random.Generator.from_non_deterministic_state())
-        self.log_rng = (tf.random.Generator.from_seed(seed + 1) if seed is not None
-                        else tf.random.Generator.from_non_deterministic_state())
+        self.rng = _random_generator(seed)
+        self.log_rng = _random_generator(None if seed is None else seed + 1)
         if config.loss not in LOSSES:
             raise errors.SettingsError(f"unknown loss {config.loss!r}; choose from {LOSSES}")
         self.generator, self.critic, self.config = generator, critic, config
