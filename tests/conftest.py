@@ -9,6 +9,8 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tfdpgan  # noqa: E402,F401  (sets TF_ENABLE_ONEDNN_OPTS before TensorFlow loads)
+from tfdpgan import distribute  # noqa: E402
+distribute.split_cpu(2)   # two logical CPU devices, for MirroredStrategy in tests/distribute
 os.environ["TFDPGAN_CACHE"] = tempfile.mkdtemp(prefix="tfdpgan-test-cache-")
 os.environ.setdefault("TFDPGAN_FID_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
                                                         "tfdpgan-test-fid"))

@@ -13,7 +13,7 @@ loop is tfdpgan.gan.training.
 """
 from absl import flags
 
-from tfdpgan import cli, paths, workdir as workdir_lib
+from tfdpgan import cli, distribute, paths, workdir as workdir_lib
 from tfdpgan.data import default_data
 from tfdpgan.dp import card as privacy_card, step
 from tfdpgan.gan import models, run, training, wgan
@@ -107,6 +107,15 @@ def define_flags(fv: flags.FlagValues = FLAGS):
     fdef.DEFINE_integer("phantom_seed", p.seed, "Phantom: seed.")
     fdef.DEFINE_list("phantom_shape", list(map(str, p.shape)), "Phantom: volume shape x,y,z.")
     fdef.DEFINE_integer("patch_size", p.patch_size, "Phantom: patch size.")
+    fdef.DEFINE_enum("strategy", d.strategy, list(distribute.STRATEGIES), "default: one "
+                     "device; mirrored: tf.distribute.MirroredStrategy over the local GPUs (or "
+                     "--cpu_devices logical CPUs); multi_worker: MultiWorkerMirroredStrategy "
+                     "across machines (TF_CONFIG). The DP guarantee is the same: one global "
+                     "Poisson sample, noise added once.")
+    fdef.DEFINE_integer("cpu_devices", d.cpu_devices, "Split the CPU into N logical devices "
+                        "(N >= 2; for --strategy=mirrored on a machine without GPUs).")
+    fdef.DEFINE_bool("jit_compile", g.jit_compile, "Compile the critic's clipped gradient and "
+                     "the generator's gradient with XLA (fixed-size batches, padded).")
     fdef.DEFINE_integer("phantom_patches_per_patient", p.patches_per_patient,
                         "Phantom: patches per patient in the converted data set.")
 
@@ -122,7 +131,8 @@ def config_from_flags(fv: flags.FlagValues = FLAGS) -> run.TrainConfig:
         latent_dim=fv.latent_dim, loss=fv.loss, weight_clip=fv.weight_clip,
         gp_weight=fv.gp_weight, optimizer=fv.optimizer, critic_lr=fv.critic_lr,
         generator_lr=fv.generator_lr, adam_beta1=fv.adam_beta1, adam_beta2=fv.adam_beta2,
-        dp_backend=fv.dp_backend, ema_decay=fv.ema_decay, instance_noise=fv.instance_noise)
+        dp_backend=fv.dp_backend, ema_decay=fv.ema_decay, instance_noise=fv.instance_noise,
+        jit_compile=fv.jit_compile)
     return run.TrainConfig(
         workdir=workdir, data=fv.data, phantom=phantom_config, cache_dir=fv.cache_dir,
         epsilon=eps, delta=fv.delta, noise_multiplier=fv.noise_multiplier,
@@ -136,7 +146,8 @@ def config_from_flags(fv: flags.FlagValues = FLAGS) -> run.TrainConfig:
         tf_seed=fv.tf_seed, adaptive_n_critic=fv.adaptive_n_critic,
         max_n_critic=fv.max_n_critic, init_from=fv.init_from,
         epsilon_and_noise_given=bool(fv["epsilon"].present and fv["noise_multiplier"].present),
-        log_private_stats=fv.log_private_stats)
+        log_private_stats=fv.log_private_stats, strategy=fv.strategy,
+        cpu_devices=fv.cpu_devices)
 
 
 def run_flags_text(fv: flags.FlagValues, workdir: str) -> str:

@@ -15,6 +15,14 @@ data-independent quantities), and the model has no cross-example layer (refused)
 calls are the subsampled Gaussian mechanism that tfdpgan.dp.accounting accounts for with
 (noise_multiplier, q, T).
 
+Under a tf.distribute strategy with R replicas (tfdpgan.distribute) each replica calls the step
+on its own slice of the one global Poisson batch: it clips its records, ONLY replica 0 adds the
+noise, and an all-reduce SUM gives every replica the identical update
+(sum of all clipped records + one N(0, (σC)^2 I) draw) / expected_records, applied without
+further aggregation. Adding the noise on every replica would give std σC·sqrt(R); dividing it
+by R would give σC/sqrt(R): both are refused by tests/distribute. The ``fast`` backend with an
+``rng`` is required for R > 1 (TF Privacy's optimizer would add its noise on every replica).
+
 Two backends compute the same update:
   * ``fast`` (default): ghost-norm / book-keeping clipping (tfdpgan.dp.clipping) — per-record
     norms from layer inputs and output gradients, no per-example gradients of the whole net —
@@ -29,7 +37,7 @@ import tensorflow as tf
 from tensorflow_privacy.privacy.dp_query import gaussian_query
 from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras
 
-from tfdpgan import errors
+from tfdpgan import distribute, errors
 from tfdpgan.dp import clipping
 
 __all__ = ["BACKENDS", "CLIPPINGS", "PrivateStep", "make_optimizer", "tf_privacy_optimizer_class"]
@@ -76,7 +84,7 @@ class PrivateStep:
     def __init__(self, model: tf.keras.Model, optimizer, per_example_loss_fn, *,
                  l2_norm_clip: float, noise_multiplier: float, expected_batch_size: float,
                  group_size: int = 1, backend: str = "fast", clipping_method: str = "ghost",
-                 rng: tf.random.Generator = None):
+                 rng: tf.random.Generator = None, jit_compile: bool = False):
         if backend not in BACKENDS:
             raise errors.SettingsError(f"dp backend must be one of {BACKENDS}, got {backend!r}")
         if clipping_method not in CLIPPINGS:
@@ -104,31 +112,55 @@ class PrivateStep:
         # REPEAT the noise of its first steps, and the difference of two updates would be
         # noise-free). None: TF Privacy's GaussianSumQuery draws it (same distribution).
         self.rng = rng
+        # --jit_compile: XLA compiles the clipped per-record sum (forward, backward, norms,
+        # clip factors and the weighted sum, all from the same tensors, so the bound holds as
+        # without XLA); noise, all-reduce and the optimizer stay outside the compiled part.
+        clipped_sum = (clipping.clipped_gradient_sum_vmap if clipping_method == "vmap"
+                       else clipping.clipped_gradient_sum)
+
+        def compute(inputs):
+            return clipped_sum(self.model, self.per_example_loss_fn, inputs, self.l2_norm_clip,
+                               group_size=self.group_size)
+
+        self._clipped_sum = tf.function(compute, jit_compile=True) if jit_compile else compute
 
     def __call__(self, inputs):
+        """One step, in a replica context (the default one without a strategy)."""
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        if replicas > 1 and (self.backend != "fast" or self.rng is None):
+            raise errors.SettingsError(
+                f"{replicas} replicas need dp backend 'fast' with a noise generator: TF "
+                f"Privacy's optimizer adds its noise on every replica (std σC·sqrt(R))")
         if self.backend == "tf_privacy":
             grads, norms = self._tf_privacy_gradients(inputs)
         else:
             grads, norms = self._fast_gradients(inputs)
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        if replicas > 1:   # every replica: the same sum of all records + ONE noise draw
+            grads = tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, grads)
+            self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables),
+                                           experimental_aggregate_gradients=False)
+        else:
+            self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
         return {"per_record_norms": norms, "update_norm": tf.linalg.global_norm(grads)}
 
     def noised_mean(self, clipped_sum):
         """(clipped_sum + N(0, (σC)^2)) / expected records; the noise from ``rng`` if given,
-        else from TF Privacy's GaussianSumQuery."""
+        else from TF Privacy's GaussianSumQuery. In replica r > 0 of a strategy the noise is
+        drawn (the replicas' generator states stay in step) but not added: the all-reduce of
+        the replicas' results then carries exactly one draw."""
         if self.rng is not None:
             std = self.noise_multiplier * self.l2_norm_clip
-            noised = [g + self.rng.normal(tf.shape(g), stddev=std, dtype=g.dtype)
+            keep = tf.cast(distribute.is_first_replica(), tf.float32)
+            noised = [g + tf.cast(keep, g.dtype) *
+                      self.rng.normal(tf.shape(g), stddev=std, dtype=g.dtype)
                       for g in clipped_sum]
         else:
             noised, _, _ = self.query.get_noised_result(clipped_sum, self.query_state)
         return [g / self.expected_batch_size for g in noised]
 
     def _fast_gradients(self, inputs):
-        clipped_sum = (clipping.clipped_gradient_sum_vmap if self.clipping_method == "vmap"
-                       else clipping.clipped_gradient_sum)
-        summed, norms = clipped_sum(self.model, self.per_example_loss_fn, inputs,
-                                    self.l2_norm_clip, group_size=self.group_size)
+        summed, norms = self._clipped_sum(inputs)
         return self.noised_mean(summed), norms
 
     def _tf_privacy_gradients(self, inputs):

@@ -28,6 +28,11 @@ __all__ = ["TrainConfig", "group_size", "build_wgan", "make_checkpoint", "run_re
 # the same plan either way). Not part of run.json.
 _COSMETIC = ("summary_every", "image_every", "checkpoint_every", "keep_checkpoints",
              "epsilon_and_noise_given", "log_private_stats")
+# How, not what: the device layout and the compiler. A run may resume under another strategy
+# or without XLA (the plan, the card and the mechanism are the same; the random streams of
+# the replicas differ). Not part of run.json either.
+_EXECUTION = ("strategy", "cpu_devices")
+_GAN_EXECUTION = ("jit_compile",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +73,9 @@ class TrainConfig:
     # also log what is computed from real data outside the DP mechanism (critic loss,
     # Wasserstein estimate, gradient-norm quantiles, ...) into private/ (gan.training)
     log_private_stats: bool = False
+    # tf.distribute strategy (tfdpgan.distribute.STRATEGIES) and logical CPU devices to split
+    strategy: str = "default"
+    cpu_devices: int = 0
 
     @property
     def private(self) -> bool:
@@ -80,7 +88,8 @@ def group_size(config: TrainConfig) -> int:
 
 
 def build_wgan(config: TrainConfig, patch_size: int, plan: privacy_card.Plan) -> wgan.WGAN:
-    """Fresh networks and optimizers for ``config`` with the plan's noise multiplier."""
+    """Fresh networks and optimizers for ``config`` with the plan's noise multiplier (under
+    the current tf.distribute strategy: call it inside ``strategy.scope()``)."""
     gan_config = dataclasses.replace(
         config.gan, private=config.private, l2_norm_clip=config.l2_norm_clip,
         noise_multiplier=plan.noise_multiplier, expected_batch_size=float(config.batch_size),
@@ -125,7 +134,9 @@ def run_record(config: TrainConfig, plan: privacy_card.Plan, rec_dir: str) -> di
     """The run.json object: settings (minus logging cadence), plan, data folder and its
     fingerprint, in JSON form (tuples become lists, so it compares equal to what is read
     back)."""
-    run = {k: v for k, v in dataclasses.asdict(config).items() if k not in _COSMETIC}
+    run = {k: v for k, v in dataclasses.asdict(config).items()
+           if k not in _COSMETIC + _EXECUTION}
+    run["gan"] = {k: v for k, v in run["gan"].items() if k not in _GAN_EXECUTION}
     run.update(plan.as_dict(), data=os.path.abspath(rec_dir), epsilon=str(config.epsilon),
                data_fingerprint=data_fingerprint(rec_dir))
     return json.loads(json.dumps(run))

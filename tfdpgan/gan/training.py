@@ -16,6 +16,14 @@ resumes. Determinism: with ``tf_seed`` set (it seeds TensorFlow, Keras' initiali
 ``random`` and NumPy's global generator) and ``sampling_seed`` set, the same settings give the
 same losses and weights on one machine (tests/test_determinism.py).
 
+Distribution (``strategy``: tfdpgan.distribute). The networks are built inside the strategy's
+scope; every process draws the same global Poisson batch (the chief's secret seed is shared by
+a collective, never written by the workers) and the critic step splits it across replicas with
+the noise added once (tfdpgan.dp.step). Only the chief writes the workdir; a worker runs the
+same loop against a scratch folder it removes at the end, resuming from the chief's
+checkpoints (the workdir must be on a file system all workers read). The plan, and so the
+card, does not depend on the strategy.
+
 What goes where (tfdpgan.workdir): the card, PRIVACY.md, samples.png and the generator into
 ``release/``; flags.txt, run.json and the checkpoints into ``private/``; everything created
 owner-only (0700 folders, 0600 files).
@@ -48,6 +56,7 @@ import math
 import os
 import shutil
 import signal
+import tempfile
 import threading
 import time
 from typing import Optional
@@ -56,7 +65,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfdpgan import atomic, errors, viz, workdir
+from tfdpgan import atomic, distribute, errors, viz, workdir
 from tfdpgan.data import default_data, pipeline, records
 from tfdpgan.dp import accounting
 from tfdpgan.dp import card as privacy_card
@@ -125,6 +134,7 @@ def _num_records(config, info: dict, arrays: pipeline.PatchArrays) -> int:
 def train(config: run_lib.TrainConfig, flags_text: str = "") -> dict:
     """Run (or resume) training in ``config.workdir``; returns the final privacy card."""
     check_settings(config)
+    strategy = distribute.make_strategy(config.strategy, config.cpu_devices)  # before any op
     rec_dir = config.data or default_data.prepare(config.phantom, config.cache_dir)[1]
     info = records.read_dataset_json(rec_dir)
     arrays = pipeline.load_arrays(rec_dir, "train")
@@ -133,19 +143,31 @@ def train(config: run_lib.TrainConfig, flags_text: str = "") -> dict:
         critic_steps=config.critic_steps, epsilon=config.epsilon,
         noise_multiplier=config.noise_multiplier, delta=config.delta,
         accountant=config.accountant, both_given=config.epsilon_and_noise_given)
+    if not distribute.is_chief(strategy):
+        # a worker computes its share but writes nothing of the run: a scratch workdir
+        scratch = tempfile.mkdtemp(prefix="tfdpgan-worker-")
+        try:
+            own = dataclasses.replace(config, workdir=scratch)
+            workdir.make_dirs(scratch)
+            return _run(own, "", rec_dir, info, arrays, plan, strategy,
+                        shared_dir=config.workdir)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     run_dir = config.workdir
     workdir.make_dirs(run_dir)  # only once the data and the settings are valid
     with workdir.owner_only():
         try:
-            return _run(config, flags_text, rec_dir, info, arrays, plan)
+            return _run(config, flags_text, rec_dir, info, arrays, plan, strategy)
         finally:   # also after a crash or a stop: nothing readable by others
             workdir.secure(workdir.release_dir(run_dir))
             workdir.secure(workdir.private_dir(run_dir))
 
 
-def _run(config, flags_text, rec_dir, info, arrays, plan) -> dict:
-    """train() once the workdir's folders exist."""
+def _run(config, flags_text, rec_dir, info, arrays, plan, strategy, shared_dir=None) -> dict:
+    """train() once the workdir's folders exist. ``shared_dir``: on a worker, the chief's
+    workdir (its checkpoints and ledger are read to resume; nothing is written there)."""
     run_dir = config.workdir
+    shared_dir = shared_dir or run_dir
     if flags_text:
         atomic.write_text_atomic(workdir.path(run_dir, workdir.FLAGS_TXT), flags_text)
     run_lib.check_same_run(run_dir, run_lib.run_record(config, plan, rec_dir))
@@ -154,7 +176,8 @@ def _run(config, flags_text, rec_dir, info, arrays, plan) -> dict:
         # Keras initialisers without a seed draw one from Python's `random`: seed it too
         tf.keras.utils.set_random_seed(config.tf_seed)
     prior = run_lib.describe_prior(config.init_from, rec_dir) if config.init_from else None
-    gan = run_lib.build_wgan(config, info["patch_size"], plan)
+    with strategy.scope():
+        gan = run_lib.build_wgan(config, info["patch_size"], plan)
     step = tf.Variable(0, dtype=tf.int64, name="critic_step")
     seed = tf.Variable(config.sampling_seed if config.sampling_seed is not None
                        else pipeline.new_secret_seed(), dtype=tf.int64, name="sampling_seed")
@@ -163,29 +186,32 @@ def _run(config, flags_text, rec_dir, info, arrays, plan) -> dict:
     manager = tf.train.CheckpointManager(run_lib.make_checkpoint(gan, step, seed, schedule),
                                          workdir.path(run_dir, workdir.CHECKPOINTS),
                                          max_to_keep=config.keep_checkpoints)
-    if manager.latest_checkpoint:
-        _resume(manager, gan, step, seed, schedule)
+    latest = tf.train.latest_checkpoint(workdir.path(shared_dir, workdir.CHECKPOINTS))
+    if latest:
+        _resume(manager, latest, gan, step, seed, schedule)
     elif config.init_from:
         run_lib.init_from_prior(gan, config.init_from)
         logging.info("initialised generator and critic from %s (public prior)",
                      config.init_from)
+    # every process samples with the chief's seed (a collective, not a file)
+    seed.assign(distribute.share_from_first_replica(strategy, int(seed.numpy())))
     writers = Writers.open(run_dir, config.log_private_stats)
     _log_plan(config, plan, writers)
     _warn_weak(config, plan, info)
     # steps rolled back after a divergence were spent: the budget left shrinks by them
     plan = dataclasses.replace(plan, critic_steps=max(
-        plan.critic_steps - discarded_steps(run_dir), int(step)))
+        plan.critic_steps - discarded_steps(shared_dir), int(step)))
     data = batches(config, arrays, plan, int(seed.numpy()), int(step))
     _loop(config, plan, gan, schedule, data, step, manager, writers)
-    return finish(run_dir, gan, config, plan, int(step), info, writers, prior)
+    return finish(run_dir, gan, config, plan, int(step), info, writers, prior,
+                  discarded=discarded_steps(shared_dir))
 
 
-def _resume(manager, gan, step, seed, schedule):
+def _resume(manager, latest, gan, step, seed, schedule):
     """Restore the latest checkpoint. One written before the random generator's state was
     saved resumes with a fresh, unpredictable generator state: restarting it from --tf_seed
     would repeat the DP noise of the first steps (two updates would then differ by a
     noise-free amount)."""
-    latest = manager.latest_checkpoint
     saved = {name.split("/")[0] for name, _ in tf.train.list_variables(latest)}
     if "rng" in saved:
         manager.checkpoint.restore(latest).assert_existing_objects_matched()
@@ -412,14 +438,17 @@ def _write_images(writer, gan, s, n):
     return grid
 
 
-def finish(run_dir, gan, config, plan, steps_run, info, writers, prior=None) -> dict:
+def finish(run_dir, gan, config, plan, steps_run, info, writers, prior=None,
+           discarded=None) -> dict:
     """Privacy card, samples.png and the exported generator, from the steps actually run.
     ``writers``: Writers. ``prior``: run_lib.describe_prior of the public prior the run
-    started from, if any."""
+    started from, if any. ``discarded``: steps rolled back after a divergence (default: read
+    from ``run_dir``'s ledger)."""
     card = privacy_card.make_card(
         private=config.private, noise_multiplier=plan.noise_multiplier,
         l2_norm_clip=config.l2_norm_clip, expected_batch_size=config.batch_size,
-        num_records=plan.num_records, critic_steps=steps_run + discarded_steps(run_dir),
+        num_records=plan.num_records,
+        critic_steps=steps_run + (discarded_steps(run_dir) if discarded is None else discarded),
         delta=plan.delta,
         accountant=config.accountant,
         target_epsilon=config.epsilon if math.isfinite(config.epsilon) else None,

@@ -21,13 +21,20 @@ Generator EMA (``ema_decay`` > 0): an exponential moving average of the generato
 after every generator step (moving BatchNorm statistics copied), exported and sampled instead
 of the raw generator. It is a function of the generator iterates only, so post-processing:
 it costs no privacy.
+
+Under a tf.distribute strategy (build the WGAN inside ``strategy.scope()``; tfdpgan.distribute)
+the critic step pads the global batch with weight-0 records to fixed-size, record-aligned
+replica slices; each replica draws its own fakes (in fixed-size chunks) and runs the private
+step on its slice (noise once, all-reduce, identical update everywhere, see tfdpgan.dp.step).
+The generator step splits its fakes across replicas (BatchNorm statistics per replica) and
+all-reduces the gradient. Weight clipping and the EMA run once, in cross-replica context.
 """
 import dataclasses
 import math
 
 import tensorflow as tf
 
-from tfdpgan import errors
+from tfdpgan import distribute, errors
 from tfdpgan.dp import clipping, step
 from tfdpgan.gan import losses
 
@@ -55,6 +62,7 @@ class WGANConfig:
     dp_backend: str = "fast"           # fast | tf_privacy (see tfdpgan.dp.step)
     ema_decay: float = 0.0             # > 0: release an EMA of the generator weights
     instance_noise: float = 0.0        # std of N(0, s^2) added to every pair the critic sees
+    jit_compile: bool = False          # XLA for the critic's and generator's gradients
 
 
 def to_pairs(image, label):
@@ -79,6 +87,11 @@ class WGAN(tf.Module):
         # ``rng``, whose state is a variable: checkpointed with the run (run.make_checkpoint),
         # a resumed run continues the sequence exactly where an uninterrupted one would be.
         # Logging samples use ``log_rng``, so the logging cadence never shifts training.
+        self.strategy = tf.distribute.get_strategy()   # the one whose scope built us
+        self.replicas = self.strategy.num_replicas_in_sync
+        # fixed-size, record-aligned replica slices (also one device under XLA: static shapes)
+        self.pad_chunk = (distribute.chunk_records(config.expected_batch_size, self.replicas)
+                          if self.replicas > 1 or config.jit_compile else None)
         self.rng = _random_generator(seed)
         self.log_rng = _random_generator(None if seed is None else seed + 1)
         if config.loss not in LOSSES:
@@ -104,7 +117,13 @@ class WGAN(tf.Module):
                 l2_norm_clip=config.l2_norm_clip, noise_multiplier=config.noise_multiplier,
                 expected_batch_size=config.expected_batch_size, group_size=config.group_size,
                 backend=config.dp_backend,
-                clipping_method="vmap" if config.loss == "wgan_gp" else "ghost", rng=self.rng)
+                clipping_method="vmap" if config.loss == "wgan_gp" else "ghost", rng=self.rng,
+                jit_compile=config.jit_compile)
+        self._plain_gradients = (tf.function(self._plain_gradients_fn, jit_compile=True)
+                                 if config.jit_compile else self._plain_gradients_fn)
+        self._generator_gradients = (tf.function(self._generator_gradients_fn,
+                                                 jit_compile=True)
+                                     if config.jit_compile else self._generator_gradients_fn)
         patch = critic.input_shape[1]
         spec = tf.TensorSpec([None, patch, patch, critic.input_shape[-1]], tf.float32)
         self._critic_step_fn = tf.function(
@@ -140,8 +159,10 @@ class WGAN(tf.Module):
         (ceil of the expected rows per step). The generator's BatchNorm couples the samples of
         one call, so one call of size n would make every fake depend on the realised,
         data-dependent batch size; fixed-size chunks keep the fakes exchangeable and
-        independent of it, as the per-example sensitivity argument needs."""
-        chunk = int(math.ceil(self.config.expected_batch_size * self.config.group_size))
+        independent of it, as the per-example sensitivity argument needs. (Under a strategy or
+        XLA the chunk is one replica slice's fixed row count.)"""
+        chunk = (self.pad_chunk * self.config.group_size if self.pad_chunk else
+                 int(math.ceil(self.config.expected_batch_size * self.config.group_size)))
         chunks = (n + chunk - 1) // chunk
         z = self.rng.normal([chunks, chunk, self.config.latent_dim])
         fakes = tf.map_fn(lambda zc: self.generator(zc, training=True), z,
@@ -149,38 +170,62 @@ class WGAN(tf.Module):
         return tf.reshape(fakes, [-1, *fakes.shape[2:]])[:n]
 
     def critic_step(self, real, weight=None):
-        """One critic update; ``weight`` defaults to 1 per row (patch-level records)."""
+        """One critic update on the GLOBAL batch; ``weight`` defaults to 1 per row
+        (patch-level records). Padded here to fixed replica slices when needed."""
         if weight is None:
             weight = tf.ones([tf.shape(real)[0]], tf.float32)
+        if self.pad_chunk:
+            real, weight = distribute.pad_global_batch(real, weight, self.replicas,
+                                                       self.pad_chunk, self.config.group_size)
         return self._critic_step_fn(real, weight)
 
     def _critic_step(self, real, weight):
-        """One critic update on rows ``real`` [B, P, P, C] with row weights ``weight`` [B]
-        (B a multiple of group_size; see the module docstring)."""
+        """One critic update on the global rows ``real`` [B, P, P, C] with row weights
+        ``weight`` [B] (B a multiple of group_size; weight-0 records are padding; see the
+        module docstring): every replica updates on its slice, then weight clipping."""
+        out = self.strategy.run(self._replica_critic_step, args=(real, weight))
+        if self.config.loss == "wgan":
+            c = self.config.weight_clip
+            for v in self.critic.trainable_variables:
+                v.assign(tf.clip_by_value(v, -c, c))
+        stats = {"update_norm": self.strategy.experimental_local_results(
+            out["update_norm"])[0]}
+        record_weight = tf.reduce_sum(tf.reshape(weight, [-1, self.config.group_size]), 1)
+        if self.private_step is not None:
+            norms = self.strategy.gather(out["per_record_norms"], axis=0)
+            stats.update(clipping.norm_stats(norms[record_weight > 0],
+                                             self.config.l2_norm_clip))
+        stats["batch_size"] = tf.reduce_sum(tf.cast(record_weight > 0, tf.int32))
+        return stats
+
+    def _replica_critic_step(self, real, weight):
+        """This replica's share of the critic update (all of it without a strategy)."""
+        total_weight = tf.reduce_sum(weight)
+        real, weight = distribute.replica_slice(real), distribute.replica_slice(weight)
         fake = self.with_instance_noise(self.fakes_for(tf.shape(real)[0]))
         real = self.with_instance_noise(real)
-        variables = self.critic.trainable_variables
-        stats = {}
         rows = (real, fake, weight)
         if self.config.loss == "wgan_gp":
             rows += (self.rng.uniform([tf.shape(real)[0], 1, 1, 1]),)
         if self.private_step is not None:
-            out = self.private_step(rows)
-            stats = clipping.norm_stats(out["per_record_norms"], self.config.l2_norm_clip)
-            stats["update_norm"] = out["update_norm"]
+            return self.private_step(rows)
+        grads = self._plain_gradients(rows, total_weight)
+        variables = self.critic.trainable_variables
+        if self.replicas > 1:
+            grads = tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, grads)
+            self.critic_optimizer.apply_gradients(zip(grads, variables),
+                                                  experimental_aggregate_gradients=False)
         else:
-            with tf.GradientTape() as tape:
-                row_losses = self.per_example_loss(self.critic, rows)
-                loss = tf.math.divide_no_nan(tf.reduce_sum(row_losses), tf.reduce_sum(weight))
-            grads = tape.gradient(loss, variables)
             self.critic_optimizer.apply_gradients(zip(grads, variables))
-            stats["update_norm"] = tf.linalg.global_norm(grads)
-        if self.config.loss == "wgan":
-            c = self.config.weight_clip
-            for v in variables:
-                v.assign(tf.clip_by_value(v, -c, c))
-        stats["batch_size"] = tf.shape(real)[0] // self.config.group_size
-        return stats
+        return {"update_norm": tf.linalg.global_norm(grads)}
+
+    def _plain_gradients_fn(self, rows, total_weight):
+        """ε = ∞: gradient of this replica's part of the global weighted mean loss."""
+        with tf.GradientTape() as tape:
+            loss = tf.math.divide_no_nan(
+                tf.reduce_sum(self.per_example_loss(self.critic, rows)), total_weight)
+        return tape.gradient(loss, self.critic.trainable_variables)
 
     def _critic_metrics(self, real):
         """Critic loss and Wasserstein estimate on a batch (for logging only; NOT private:
@@ -192,22 +237,49 @@ class WGAN(tf.Module):
         return {"critic_loss": -w, "wasserstein_estimate": w}
 
     def _generator_step(self, batch_size):
-        with tf.GradientTape() as tape:
-            fake = self.with_instance_noise(self._sample(batch_size, training=True))
-            loss = losses.generator_loss(self.config.loss,
-                                         self.critic(fake, training=True)[:, 0])
-        variables = self.generator.trainable_variables
-        grads = tape.gradient(loss, variables)
-        self.generator_optimizer.apply_gradients(zip(grads, variables))
+        loss = self.strategy.run(self._replica_generator_step, args=(batch_size,))
         if self.ema_generator is not None:
             d = self.config.ema_decay
             for ema, w in zip(self.ema_generator.variables, self.generator.variables):
                 ema.assign(d * ema + (1.0 - d) * w if w.trainable else w)
-        return {"generator_loss": loss}
+        return {"generator_loss": self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss,
+                                                       axis=None)}
+
+    def _replica_generator_step(self, batch_size):
+        """This replica's ceil(batch_size / R) fakes; its loss is 1/R of the global mean."""
+        n = (batch_size + self.replicas - 1) // self.replicas
+        z = self.rng.normal([n, self.config.latent_dim])
+        noise = (self.rng.normal([n, *self.generator.output_shape[1:]],
+                                 stddev=self.config.instance_noise)
+                 if self.config.instance_noise > 0 else None)
+        loss, grads = self._generator_gradients(z, noise)
+        variables = self.generator.trainable_variables
+        if self.replicas > 1:
+            grads = tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, grads)
+            self.generator_optimizer.apply_gradients(zip(grads, variables),
+                                                     experimental_aggregate_gradients=False)
+        else:
+            self.generator_optimizer.apply_gradients(zip(grads, variables))
+        return loss
+
+    def _generator_gradients_fn(self, z, noise):
+        with tf.GradientTape() as tape:
+            fake = self.generator(z, training=True)
+            if noise is not None:
+                fake = fake + noise
+            loss = losses.generator_loss(self.config.loss,
+                                         self.critic(fake, training=True)[:, 0]) / self.replicas
+        return loss, tape.gradient(loss, self.generator.trainable_variables)
 
     def _fake_scores(self, n):
-        """Critic scores [n] of n fresh generated pairs (no private data involved)."""
-        return self.critic(self._sample(n, training=False), training=False)[:, 0]
+        """Critic scores [>= n] of fresh generated pairs (no private data involved), drawn
+        across the replicas and gathered: every worker gets the same scores, so an adaptive
+        schedule decides the same everywhere."""
+        per_replica = (n + self.replicas - 1) // self.replicas
+        scores = self.strategy.run(
+            lambda: self.critic(self._sample(per_replica, training=False), training=False)[:, 0])
+        return self.strategy.gather(scores, axis=0)
 
     @property
     def release_generator(self) -> tf.keras.Model:
