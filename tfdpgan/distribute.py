@@ -69,14 +69,14 @@ def make_strategy(name: str, cpu_devices: int = 0) -> tf.distribute.Strategy:
 
 
 def _new_strategy(name):
+    if name == "multi_worker":   # first: collective ops are configured before any op runs
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            communication_options=tf.distribute.experimental.CommunicationOptions(
+                implementation=tf.distribute.experimental.CommunicationImplementation.AUTO))
     devices = None
     if not tf.config.list_logical_devices("GPU"):
         devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy(devices=devices)
-    communication = tf.distribute.experimental.CommunicationOptions(
-        implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=communication)
+    return tf.distribute.MirroredStrategy(devices=devices)
 
 
 def _check_tf_config():

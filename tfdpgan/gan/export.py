@@ -43,9 +43,13 @@ def export_generator(generator: tf.keras.Model, out_dir: str, extra_json: dict =
 
     ``extra_json`` maps a file name to an object written as JSON into assets.extra/; it is
     released with the generator, so it must hold nothing derived from private data beyond
-    the DP guarantee.
+    the DP guarantee. The SavedModel holds a plain copy of the generator: a generator
+    trained under a tf.distribute strategy has distributed variables (BatchNorm statistics
+    read with a collective) that a SavedModel cannot hold; call this on every worker.
     """
-    sampler = _Sampler(generator, int(generator.input_shape[-1]))
+    plain = tf.keras.models.clone_model(generator)   # (called outside a strategy's scope)
+    plain.set_weights(generator.get_weights())
+    sampler = _Sampler(plain, int(generator.input_shape[-1]))
     concrete = sampler.serve.get_concrete_function()
     with atomic.staged_dir(out_dir, overwrite=True) as staging:
         tf.saved_model.save(sampler, staging, signatures={"serving_default": concrete})
