@@ -28,8 +28,8 @@ import tensorflow as tf
 from tfdpgan import errors
 
 __all__ = ["STRATEGIES", "split_cpu", "make_strategy", "num_replicas", "is_chief",
-           "chunk_records", "pad_global_batch", "replica_slice", "is_first_replica",
-           "share_from_first_replica"]
+           "chunk_records", "pad_global_batch", "replica_slice", "replicated",
+           "is_first_replica", "share_from_first_replica"]
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 _MADE = {}   # one strategy of each kind per process (two would share collective keys)
@@ -139,6 +139,15 @@ def replica_slice(tensor):
     n = tf.shape(tensor)[0] // ctx.num_replicas_in_sync
     start = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * n
     return tensor[start:start + n]
+
+
+def replicated(strategy: tf.distribute.Strategy, fn):
+    """A tf.function ``run(*global_tensors)`` that calls ``fn(*slices)`` on every replica with
+    its replica_slice of each (padded) global tensor; returns the per-replica results."""
+    @tf.function
+    def run(*tensors):
+        return strategy.run(lambda *t: fn(*[replica_slice(x) for x in t]), args=tensors)
+    return run
 
 
 def is_first_replica():

@@ -116,6 +116,9 @@ def define_flags(fv: flags.FlagValues = FLAGS):
                         "(N >= 2; for --strategy=mirrored on a machine without GPUs).")
     fdef.DEFINE_bool("jit_compile", g.jit_compile, "Compile the critic's clipped gradient and "
                      "the generator's gradient with XLA (fixed-size batches, padded).")
+    fdef.DEFINE_enum("mixed_precision", "off", ["off", *wgan.MIXED_PRECISION], "Compute "
+                     "dtype of the generator (variables stay float32). The private critic "
+                     "always computes in float32, so norms, clipping and noise are float32.")
     fdef.DEFINE_integer("phantom_patches_per_patient", p.patches_per_patient,
                         "Phantom: patches per patient in the converted data set.")
 
@@ -132,7 +135,8 @@ def config_from_flags(fv: flags.FlagValues = FLAGS) -> run.TrainConfig:
         gp_weight=fv.gp_weight, optimizer=fv.optimizer, critic_lr=fv.critic_lr,
         generator_lr=fv.generator_lr, adam_beta1=fv.adam_beta1, adam_beta2=fv.adam_beta2,
         dp_backend=fv.dp_backend, ema_decay=fv.ema_decay, instance_noise=fv.instance_noise,
-        jit_compile=fv.jit_compile)
+        jit_compile=fv.jit_compile,
+        mixed_precision=None if fv.mixed_precision == "off" else fv.mixed_precision)
     return run.TrainConfig(
         workdir=workdir, data=fv.data, phantom=phantom_config, cache_dir=fv.cache_dir,
         epsilon=eps, delta=fv.delta, noise_multiplier=fv.noise_multiplier,

@@ -64,17 +64,11 @@ def _distributed_update(strategy, weights, rows, *, noise, clip, expected, chunk
     real, fake, weight = (tf.constant(a) for a in rows)
     both, weight = distribute.pad_global_batch(tf.concat([real, fake], -1), weight,
                                                strategy.num_replicas_in_sync, chunk)
-
-    @tf.function
-    def run_step(both, weight):
-        def replica(both, weight):
-            both, weight = distribute.replica_slice(both), distribute.replica_slice(weight)
-            return private((both[..., :2], both[..., 2:], weight))["update_norm"]
-        return strategy.run(replica, args=(both, weight))
-
+    step_fn = distribute.replicated(
+        strategy, lambda both, weight: private((both[..., :2], both[..., 2:], weight)))
     snapshots = []
     for _ in range(steps):
-        run_step(both, weight)
+        step_fn(both, weight)
         snapshots.append([tuple(x.numpy() for x in v.values)
                           for v in critic.trainable_variables])
     return snapshots
@@ -137,12 +131,7 @@ def test_padding_and_slices_keep_the_one_global_poisson_sample(mirrored):
     counts = np.zeros(n)
     chunk = distribute.chunk_records(n * q, 2)
 
-    @tf.function
-    def split(ids, weight):
-        def replica(ids, weight):
-            return distribute.replica_slice(ids), distribute.replica_slice(weight)
-        out = mirrored.run(replica, args=(ids, weight))
-        return mirrored.gather(out[0], axis=0), mirrored.gather(out[1], axis=0)
+    split = distribute.replicated(mirrored, lambda ids, weight: (ids, weight))
 
     for s in range(steps):
         idx = pipeline.poisson_indices(n, q, seed=7, step=s)
@@ -151,7 +140,7 @@ def test_padding_and_slices_keep_the_one_global_poisson_sample(mirrored):
         padded, weight = distribute.pad_global_batch(
             ids, tf.ones([len(rows)]), 2, chunk, group_size=group)
         assert padded.shape[0] % (2 * chunk * group) == 0
-        got_ids, got_w = split(padded, weight)
+        got_ids, got_w = (mirrored.gather(x, axis=0) for x in split(padded, weight))
         got = got_ids.numpy()[:, 0, 0, 0][got_w.numpy() > 0]
         np.testing.assert_array_equal(got, rows)   # no record lost, duplicated or split
         counts[idx] += 1

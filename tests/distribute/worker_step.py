@@ -36,14 +36,9 @@ def main(inp, out):
                                                strategy.num_replicas_in_sync,
                                                int(data["chunk"]))
 
-    @tf.function
-    def run_step(both, weight):
-        def replica(both, weight):
-            both, weight = distribute.replica_slice(both), distribute.replica_slice(weight)
-            return private((both[..., :2], both[..., 2:], weight))["update_norm"]
-        return strategy.run(replica, args=(both, weight))
-
-    run_step(both, weight)
+    distribute.replicated(
+        strategy, lambda both, weight: private((both[..., :2], both[..., 2:], weight)))(
+        both, weight)
     result = critic.get_weights()
     if distribute.is_chief(strategy):
         np.savez(out, **{f"w{i}": w for i, w in enumerate(result)})

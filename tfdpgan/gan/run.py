@@ -94,10 +94,35 @@ def build_wgan(config: TrainConfig, patch_size: int, plan: privacy_card.Plan) ->
         config.gan, private=config.private, l2_norm_clip=config.l2_norm_clip,
         noise_multiplier=plan.noise_multiplier, expected_batch_size=float(config.batch_size),
         group_size=group_size(config))
-    generator = models.build_generator(gan_config.latent_dim, patch_size, config.base_filters)
+    generator = _generator(gan_config, patch_size, config.base_filters)
     critic = models.build_critic(patch_size, config.base_filters,
                                  normalization=config.critic_norm)
     return wgan.WGAN(generator, critic, gan_config, seed=config.tf_seed)
+
+
+def _generator(gan_config: wgan.WGANConfig, patch_size: int, base_filters: int):
+    """The generator; with ``mixed_precision`` (bfloat16 | float16) it computes in that dtype
+    (variables float32) inside a wrapper whose output is cast to float32 for the critic.
+
+    The critic, the only network that reads private data, always computes in float32: its
+    per-example norms, clip factors, clipped sum and noise are float32, so the bound
+    ||c_i g_i|| <= C holds as without mixed precision; the generator is post-processing of
+    the critic, so its precision cannot touch the guarantee."""
+    if not gan_config.mixed_precision:
+        return models.build_generator(gan_config.latent_dim, patch_size, base_filters)
+    if gan_config.mixed_precision not in wgan.MIXED_PRECISION:
+        raise errors.SettingsError(f"mixed_precision must be one of {wgan.MIXED_PRECISION}, "
+                                   f"got {gan_config.mixed_precision!r}")
+    before = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy(f"mixed_{gan_config.mixed_precision}")
+    try:
+        inner = models.build_generator(gan_config.latent_dim, patch_size, base_filters)
+    finally:
+        tf.keras.mixed_precision.set_global_policy(before)
+    latent = tf.keras.Input([gan_config.latent_dim], name="latent")
+    out = tf.keras.layers.Activation("linear", dtype="float32", name="to_float32")(
+        inner(latent))
+    return tf.keras.Model(latent, out, name="generator")
 
 
 def make_checkpoint(gan: wgan.WGAN, step: tf.Variable, seed: tf.Variable, schedule=None,

@@ -31,6 +31,7 @@ all-reduces the gradient. Weight clipping and the EMA run once, in cross-replica
 """
 import dataclasses
 import math
+from typing import Optional
 
 import tensorflow as tf
 
@@ -41,6 +42,7 @@ from tfdpgan.gan import losses
 __all__ = ["LOSSES", "WGANConfig", "WGAN", "to_pairs"]
 
 LOSSES = losses.LOSSES
+MIXED_PRECISION = ("bfloat16", "float16")   # the generator's compute dtype (run._generator)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +65,7 @@ class WGANConfig:
     ema_decay: float = 0.0             # > 0: release an EMA of the generator weights
     instance_noise: float = 0.0        # std of N(0, s^2) added to every pair the critic sees
     jit_compile: bool = False          # XLA for the critic's and generator's gradients
+    mixed_precision: Optional[str] = None  # None (float32) | bfloat16 | float16: generator
 
 
 def to_pairs(image, label):
@@ -106,6 +109,9 @@ class WGAN(tf.Module):
         self.generator_optimizer = step.make_optimizer(
             config.optimizer, config.generator_lr, beta_1=config.adam_beta1,
             beta_2=config.adam_beta2)
+        if config.mixed_precision == "float16":   # float16 gradients underflow unscaled
+            self.generator_optimizer = tf.keras.mixed_precision.LossScaleOptimizer(
+                self.generator_optimizer)
         self.ema_generator = None
         if config.ema_decay > 0:
             self.ema_generator = tf.keras.models.clone_model(generator)
@@ -270,7 +276,12 @@ class WGAN(tf.Module):
                 fake = fake + noise
             loss = losses.generator_loss(self.config.loss,
                                          self.critic(fake, training=True)[:, 0]) / self.replicas
-        return loss, tape.gradient(loss, self.generator.trainable_variables)
+            scaled = (self.generator_optimizer.get_scaled_loss(loss)
+                      if self.config.mixed_precision == "float16" else loss)
+        grads = tape.gradient(scaled, self.generator.trainable_variables)
+        if self.config.mixed_precision == "float16":
+            grads = self.generator_optimizer.get_unscaled_gradients(grads)
+        return loss, grads
 
     def _fake_scores(self, n):
         """Critic scores [>= n] of fresh generated pairs (no private data involved), drawn
