@@ -18,7 +18,8 @@ from tfdpgan.data import default_data, records
 from tfdpgan.dp import card as privacy_card
 from tfdpgan.gan import export, models, wgan
 
-__all__ = ["TrainConfig", "group_size", "build_wgan", "make_checkpoint", "run_record",
+__all__ = ["TrainConfig", "group_size", "build_generator", "build_wgan", "make_checkpoint",
+           "run_record",
            "data_fingerprint",
            "check_same_run", "config_from_run", "plan_from_run", "restore", "release_assets",
            "export_from_workdir", "init_from_prior", "describe_prior"]
@@ -94,13 +95,13 @@ def build_wgan(config: TrainConfig, patch_size: int, plan: privacy_card.Plan) ->
         config.gan, private=config.private, l2_norm_clip=config.l2_norm_clip,
         noise_multiplier=plan.noise_multiplier, expected_batch_size=float(config.batch_size),
         group_size=group_size(config))
-    generator = _generator(gan_config, patch_size, config.base_filters)
+    generator = build_generator(gan_config, patch_size, config.base_filters)
     critic = models.build_critic(patch_size, config.base_filters,
                                  normalization=config.critic_norm)
     return wgan.WGAN(generator, critic, gan_config, seed=config.tf_seed)
 
 
-def _generator(gan_config: wgan.WGANConfig, patch_size: int, base_filters: int):
+def build_generator(gan_config: wgan.WGANConfig, patch_size: int, base_filters: int):
     """The generator; with ``mixed_precision`` (bfloat16 | float16) it computes in that dtype
     (variables float32) inside a wrapper whose output is cast to float32 for the critic.
 

@@ -42,7 +42,7 @@ from tfdpgan.gan import losses
 __all__ = ["LOSSES", "WGANConfig", "WGAN", "to_pairs"]
 
 LOSSES = losses.LOSSES
-MIXED_PRECISION = ("bfloat16", "float16")   # the generator's compute dtype (run._generator)
+MIXED_PRECISION = ("bfloat16", "float16")   # the generator's compute dtype (run.build_generator)
 
 
 @dataclasses.dataclass(frozen=True)
