@@ -169,6 +169,11 @@ def main(argv):
     config = config_from_flags()
     flags_text = run_flags_text(FLAGS, config.workdir)
     card = training.train(config, flags_text)
+    if config.strategy == "multi_worker" and not distribute.is_chief(
+            distribute.make_strategy("multi_worker")):
+        print(f"done (worker): {card['critic_steps']} critic steps; the chief wrote the run "
+              f"to {config.workdir}")
+        return
     eps = "∞ (not private)" if card["epsilon"] is None else f"{card['epsilon']:.3f}"
     w = config.workdir
     print(f"done: {card['critic_steps']} critic steps, ε = {eps}, δ = {card['delta']}\n"

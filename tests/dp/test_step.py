@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from tfdpgan import errors
 from tfdpgan.dp import step
-from tfdpgan.gan import losses, models
+from tfdpgan.gan import losses, models, wgan
 
 PATCH = 8
 
@@ -90,3 +90,14 @@ def test_bad_settings_are_refused():
     with pytest.raises(errors.SettingsError, match="backend"):
         step.PrivateStep(critic, sgd, _weighted_loss, l2_norm_clip=1.0, noise_multiplier=1.0,
                          expected_batch_size=4, backend="opacus")
+
+
+def test_wgan_critic_step_runs_on_the_tf_privacy_backend():
+    """THE training critic step with TF Privacy's optimizer (it exposes no per-record norms;
+    benchmarks/dp_step.py times this path)."""
+    config = wgan.WGANConfig(latent_dim=8, dp_backend="tf_privacy", expected_batch_size=4.0,
+                             l2_norm_clip=0.1, noise_multiplier=1.0)
+    gan = wgan.WGAN(models.build_generator(8, 16, 4), models.build_critic(16, 4), config)
+    stats = gan.critic_step(tf.random.uniform([5, 16, 16, 2], -1, 1))
+    assert int(stats["batch_size"]) == 5
+    assert np.isfinite(float(stats["update_norm"])) and float(stats["update_norm"]) > 0
