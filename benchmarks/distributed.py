@@ -18,7 +18,6 @@ Writes benchmarks/results/distributed.txt (the printed report).
 """
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -117,25 +116,13 @@ def _timing(strategy):
     return median_seconds(lambda: gan.critic_step(real)), median_seconds(all_reduce)
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _launch_workers(argv_for):
     """Start worker 0 and 1 of a local cluster; argv_for(index) -> argv; wait for both."""
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
     procs = [subprocess.Popen(argv_for(i), cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, env=dict(
-                                  os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
-                                      {"cluster": cluster,
-                                       "task": {"type": "worker", "index": i}})))
-             for i in range(2)]
+                              stderr=subprocess.STDOUT, text=True,
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+                                       TF_CONFIG=tf_config))
+             for i, tf_config in enumerate(distribute.local_cluster(2))]
     for proc in procs:
         out, _ = proc.communicate(timeout=1800)
         if proc.returncode:

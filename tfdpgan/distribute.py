@@ -22,6 +22,7 @@ privacy card does not depend on the strategy.
 import json
 import math
 import os
+import socket
 
 import tensorflow as tf
 
@@ -29,7 +30,8 @@ from tfdpgan import errors
 
 __all__ = ["STRATEGIES", "split_cpu", "make_strategy", "num_replicas", "is_chief",
            "chunk_records", "pad_global_batch", "replica_slice", "replicated",
-           "is_first_replica", "share_from_first_replica"]
+           "is_first_replica", "apply_summed", "share_from_first_replica",
+           "local_cluster"]
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 _MADE = {}   # one strategy of each kind per process (two would share collective keys)
@@ -154,6 +156,32 @@ def is_first_replica():
     """Scalar bool: this is replica 0 (True in the default strategy)."""
     ctx = tf.distribute.get_replica_context()
     return tf.equal(tf.cast(ctx.replica_id_in_sync_group, tf.int32), 0)
+
+
+def apply_summed(optimizer, grads, variables):
+    """In a replica context: all-reduce (SUM) ``grads`` across the replicas and apply the
+    result on every replica (no further aggregation by the optimizer), so all replicas make
+    the identical update; one replica: apply ``grads``. Returns the applied gradients."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx.num_replicas_in_sync > 1:
+        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        optimizer.apply_gradients(zip(grads, variables), experimental_aggregate_gradients=False)
+    else:
+        optimizer.apply_gradients(zip(grads, variables))
+    return grads
+
+
+def local_cluster(workers: int = 2) -> list:
+    """TF_CONFIG values (JSON strings) for ``workers`` worker processes on 127.0.0.1, one per
+    worker index, on ports free at the time of the call (for tests and benchmarks)."""
+    socks = [socket.socket() for _ in range(workers)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    cluster = {"worker": [f"127.0.0.1:{s.getsockname()[1]}" for s in socks]}
+    for s in socks:
+        s.close()
+    return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+            for i in range(workers)]
 
 
 def share_from_first_replica(strategy: tf.distribute.Strategy, value: int) -> int:

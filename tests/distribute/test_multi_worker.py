@@ -3,14 +3,13 @@ the same critic update as one device, and a training run whose card is the singl
 written by the chief only."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import tensorflow as tf
 
-from tfdpgan import workdir
+from tfdpgan import distribute, workdir
 from tfdpgan.dp import step
 from tfdpgan.gan import losses, models, run, training
 from tiny import TINY
@@ -19,26 +18,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TIMEOUT = 600
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _run_workers(argv, tmp_path):
     """Run ``argv`` as worker 0 and worker 1 of a local cluster; returns their outputs."""
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
     procs = []
-    for index in range(2):
+    for index, tf_config in enumerate(distribute.local_cluster(2)):
         scratch = tmp_path / f"tmp{index}"
         scratch.mkdir()
-        env = dict(os.environ, TF_CONFIG=json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": index}}),
-            TMPDIR=str(scratch), TF_CPP_MIN_LOG_LEVEL="2")
+        env = dict(os.environ, TF_CONFIG=tf_config, TMPDIR=str(scratch),
+                   TF_CPP_MIN_LOG_LEVEL="2")
         procs.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
     outputs = []

@@ -135,13 +135,8 @@ class PrivateStep:
             grads, norms = self._tf_privacy_gradients(inputs)
         else:
             grads, norms = self._fast_gradients(inputs)
-        if replicas > 1:   # every replica: the same sum of all records + ONE noise draw
-            grads = tf.distribute.get_replica_context().all_reduce(
-                tf.distribute.ReduceOp.SUM, grads)
-            self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables),
-                                           experimental_aggregate_gradients=False)
-        else:
-            self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        # every replica: the same sum of all records + ONE noise draw
+        grads = distribute.apply_summed(self.optimizer, grads, self.model.trainable_variables)
         return {"per_record_norms": norms, "update_norm": tf.linalg.global_norm(grads)}
 
     def noised_mean(self, clipped_sum):

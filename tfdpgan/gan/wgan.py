@@ -216,15 +216,9 @@ class WGAN(tf.Module):
             rows += (self.rng.uniform([tf.shape(real)[0], 1, 1, 1]),)
         if self.private_step is not None:
             return self.private_step(rows)
-        grads = self._plain_gradients(rows, total_weight)
-        variables = self.critic.trainable_variables
-        if self.replicas > 1:
-            grads = tf.distribute.get_replica_context().all_reduce(
-                tf.distribute.ReduceOp.SUM, grads)
-            self.critic_optimizer.apply_gradients(zip(grads, variables),
-                                                  experimental_aggregate_gradients=False)
-        else:
-            self.critic_optimizer.apply_gradients(zip(grads, variables))
+        grads = distribute.apply_summed(self.critic_optimizer,
+                                        self._plain_gradients(rows, total_weight),
+                                        self.critic.trainable_variables)
         return {"update_norm": tf.linalg.global_norm(grads)}
 
     def _plain_gradients_fn(self, rows, total_weight):
@@ -260,14 +254,8 @@ class WGAN(tf.Module):
                                  stddev=self.config.instance_noise)
                  if self.config.instance_noise > 0 else None)
         loss, grads = self._generator_gradients(z, noise)
-        variables = self.generator.trainable_variables
-        if self.replicas > 1:
-            grads = tf.distribute.get_replica_context().all_reduce(
-                tf.distribute.ReduceOp.SUM, grads)
-            self.generator_optimizer.apply_gradients(zip(grads, variables),
-                                                     experimental_aggregate_gradients=False)
-        else:
-            self.generator_optimizer.apply_gradients(zip(grads, variables))
+        distribute.apply_summed(self.generator_optimizer, grads,
+                                self.generator.trainable_variables)
         return loss
 
     def _generator_gradients_fn(self, z, noise):
