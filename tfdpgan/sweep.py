@@ -44,6 +44,11 @@ def config_from_flags(fv: flags.FlagValues = FLAGS) -> Tuple[sweep.SweepConfig, 
     """(config, train flags as a flagfile without --epsilon/--workdir)."""
     if fv["workdir"].present:
         raise errors.SettingsError("--workdir is set per ε by the sweep; use --sweep_dir")
+    if fv.strategy == "multi_worker":   # every worker would also evaluate into sweep_dir
+        raise errors.SettingsError(
+            "--strategy=multi_worker in a sweep: train each ε with python -m tfdpgan.train "
+            "--strategy=multi_worker, then evaluate the workdirs; --strategy=mirrored works "
+            "in a sweep")
     evaluation = evaluate_command.config_from_flags(fv, workdir="")
     config = sweep.SweepConfig(
         sweep_dir=fv.sweep_dir, epsilons=sweep.parse_epsilons(fv.epsilons),

@@ -207,3 +207,18 @@ def test_training_under_mirrored_resumes_and_has_the_single_device_card(tiny_dat
     assert len(resumed) == 1 and resumed[0].endswith("ckpt-10")
     assert tf.train.latest_checkpoint(ckpt).endswith("ckpt-20")
     assert _card(mirrored_dir) == _card(single)
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    (None, "needs the TF_CONFIG"), ("{not json", "not a valid cluster spec"),
+    ('{"cluster": {"worker": []}, "task": {"type": "worker", "index": 0}}',
+     "not a valid cluster spec")])
+def test_multi_worker_without_a_valid_tf_config_is_refused(monkeypatch, tf_config, message):
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(errors.SettingsError, match=message):
+        distribute.make_strategy("multi_worker")
+    with pytest.raises(errors.SettingsError, match="strategy must be one of"):
+        distribute.make_strategy("tpu")

@@ -127,3 +127,11 @@ def test_workdir_flag_is_refused():
     fv(["sweep", "--workdir=somewhere"])
     with pytest.raises(errors.SettingsError, match="sweep_dir"):
         sweep_command.config_from_flags(fv)
+
+
+def test_multi_worker_strategy_is_refused():
+    fv = absl_flags.FlagValues()
+    sweep_command.define_flags(fv)
+    fv(["sweep", "--strategy=multi_worker"])
+    with pytest.raises(errors.SettingsError, match="multi_worker"):
+        sweep_command.config_from_flags(fv)
