@@ -86,3 +86,18 @@ def test_two_worker_training_has_the_single_device_card(tiny_dataset, tmp_path):
     assert os.path.isdir(workdir.path(multi, workdir.GENERATOR))
     # the worker's scratch workdir is gone; it wrote nothing else
     assert not os.listdir(tmp_path / "tmp1")
+    # resume: both workers restore the chief's ckpt-10 (the worker reads it from the shared
+    # workdir) and finish the same 12 steps with the same card
+    ckpt = workdir.path(multi, workdir.CHECKPOINTS)
+    for name in os.listdir(ckpt):
+        if name.startswith(f"ckpt-{steps}"):
+            os.remove(os.path.join(ckpt, name))
+    tf.compat.v1.train.update_checkpoint_state(
+        ckpt, os.path.join(ckpt, "ckpt-10"),
+        all_model_checkpoint_paths=[os.path.join(ckpt, "ckpt-10")])
+    for index in range(2):
+        os.rmdir(tmp_path / f"tmp{index}")
+    outputs = _run_workers(argv, tmp_path)
+    assert all("ckpt-10" in out and "resumed from" in out for out in outputs), outputs[1][-2000:]
+    assert tf.train.latest_checkpoint(ckpt).endswith(f"ckpt-{steps}")
+    assert card(multi) == card(single)
