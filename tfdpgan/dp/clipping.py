@@ -15,9 +15,12 @@ Assumptions (the guarantee means nothing without them):
     it is rejected. Parameter-free layers must be per-example too.
   * Regularisation losses (`model.losses`) are not part of loss_i.
   * Ghost path only: trainable layers are Dense, Conv2D (channels_last, no
-    dilation, groups=1), GroupNormalization (channel axis last) or
-    LayerNormalization; loss_i is first order in the critic (no input-gradient
-    penalty; use the vmap fallback for WGAN-GP).
+    dilation, groups=1), their spectrally normalised versions (tfdpgan.dp.spectral),
+    GroupNormalization (channel axis last) or LayerNormalization; loss_i is first
+    order in the critic (no input-gradient penalty; use the vmap fallback for WGAN-GP).
+  * Spectral layers (ghost path): g_i's entry for such a layer is the gradient with
+    respect to its EFFECTIVE kernel W / sigma(W); the caller maps the noised sum to W
+    with tfdpgan.dp.spectral.to_variable_gradients (post-processing).
 
 The loss contract shared by both paths: `per_example_loss_fn(critic, inputs)`
 returns a [B] tensor, where `critic(x, training=True)` evaluates the model on a
@@ -28,6 +31,7 @@ import tensorflow as tf
 from tensorflow_privacy.privacy.fast_gradient_clipping import gradient_clipping_utils
 
 from tfdpgan import errors
+from tfdpgan.dp import spectral
 
 __all__ = ["SUPPORTED_LAYERS", "METHODS", "check_per_example", "clipped_gradient_sum",
            "clipped_gradient_sum_vmap", "norm_stats"]
@@ -35,10 +39,12 @@ __all__ = ["SUPPORTED_LAYERS", "METHODS", "check_per_example", "clipped_gradient
 _CROSS_EXAMPLE_LAYERS = (tf.keras.layers.BatchNormalization,
                          tf.keras.layers.experimental.SyncBatchNormalization,
                          tf.compat.v1.keras.layers.BatchNormalization)
-_LINEAR_LAYERS = (tf.keras.layers.Dense, tf.keras.layers.Conv2D)
+_LINEAR_LAYERS = (tf.keras.layers.Dense, tf.keras.layers.Conv2D, *spectral.REPARAMETRIZED)
+_DENSE_LAYERS = (tf.keras.layers.Dense, spectral.SpectralDense)
 _NORM_LAYERS = (tf.keras.layers.GroupNormalization,
                 tf.keras.layers.LayerNormalization)
-SUPPORTED_LAYERS = "Dense, Conv2D, GroupNormalization, LayerNormalization"
+SUPPORTED_LAYERS = ("Dense, Conv2D, SpectralDense, SpectralConv2D, GroupNormalization, "
+                    "LayerNormalization")
 METHODS = ("auto", "ghost", "direct")
 
 
@@ -105,16 +111,19 @@ class _Recorder:
 
 
 def _pre_activation(layer, x):
-    """Dense/Conv2D output before the activation, from explicit ops."""
-    if type(layer) is tf.keras.layers.Dense:
-        z = tf.tensordot(x, layer.kernel, axes=1)
+    """Dense/Conv2D output before the activation, from explicit ops (a spectral layer's
+    with its effective kernel W / sigma)."""
+    kernel = (layer.normalized_kernel() if isinstance(layer, spectral.REPARAMETRIZED)
+              else layer.kernel)
+    if type(layer) in _DENSE_LAYERS:
+        z = tf.tensordot(x, kernel, axes=1)
     else:
         if (layer.data_format != "channels_last" or layer.groups != 1 or
             tuple(layer.dilation_rate) != (1, 1)):
             raise NotImplementedError(
                 f"Conv2D '{layer.name}': only channels_last, groups=1 and no "
                 "dilation are supported.")
-        z = tf.nn.conv2d(x, layer.kernel, strides=layer.strides,
+        z = tf.nn.conv2d(x, kernel, strides=layer.strides,
                          padding=layer.padding.upper())
     return z + layer.bias if layer.use_bias else z
 
@@ -170,7 +179,7 @@ def _positions(x, features):
 
 def _unfold(layer, x):
     """Input rows A [B, T, d] such that z = A @ kernel.reshape(d, p) (+ bias)."""
-    if type(layer) is tf.keras.layers.Dense:
+    if type(layer) in _DENSE_LAYERS:
         return _positions(x, x.shape[-1])
     kh, kw = layer.kernel_size
     patches = tf.image.extract_patches(

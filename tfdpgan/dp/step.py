@@ -38,7 +38,7 @@ from tensorflow_privacy.privacy.dp_query import gaussian_query
 from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras
 
 from tfdpgan import distribute, errors
-from tfdpgan.dp import clipping
+from tfdpgan.dp import clipping, spectral
 
 __all__ = ["BACKENDS", "CLIPPINGS", "PrivateStep", "make_optimizer", "tf_privacy_optimizer_class"]
 
@@ -156,7 +156,10 @@ class PrivateStep:
 
     def _fast_gradients(self, inputs):
         summed, norms = self._clipped_sum(inputs)
-        return self.noised_mean(summed), norms
+        noised = self.noised_mean(summed)
+        if self.clipping_method == "ghost":   # spectral layers: W~-gradients -> W (post-proc.)
+            noised = spectral.to_variable_gradients(self.model, noised)
+        return noised, norms
 
     def _tf_privacy_gradients(self, inputs):
         """TF Privacy's DP optimizer computes (sum of clipped microbatch gradients + noise)

@@ -10,6 +10,8 @@ import math
 
 import tensorflow as tf
 
+from tfdpgan.dp import spectral
+
 __all__ = ["MAX_STAGES", "BN_MOMENTUM", "CRITIC_NORMS", "default_num_stages", "build_generator",
            "build_critic"]
 
@@ -64,7 +66,7 @@ def build_generator(latent_dim=128, patch_size=96, base_filters=96, channels=2,
     return tf.keras.Model(latent, patches, name="generator")
 
 
-CRITIC_NORMS = ("group", "none")
+CRITIC_NORMS = ("group", "none", "spectral")
 
 
 def build_critic(patch_size=96, base_filters=96, channels=2, num_stages=None,
@@ -74,7 +76,9 @@ def build_critic(patch_size=96, base_filters=96, channels=2, num_stages=None,
     Conv2D(4, stride 2) stages doubling the filters from base_filters, each
     followed by GroupNormalization (``normalization="group"``, not on the first stage; the
     paper's critic) or nothing (``"none"``: what Bie et al. 2023 found best under DP), and
-    LeakyReLU(0.2), then Flatten and Dense(1) without activation.
+    LeakyReLU(0.2), then Flatten and Dense(1) without activation. ``"spectral"``: every
+    Conv2D and the Dense are spectrally normalised (tfdpgan.dp.spectral; SNGAN's Lipschitz
+    control, cheap under per-example clipping), no GroupNorm.
 
     Privacy assumption (relied on by tfdpgan.dp_clip): the critic contains no
     cross-example operation, so score i depends only on input i. Hence no
@@ -90,11 +94,13 @@ def build_critic(patch_size=96, base_filters=96, channels=2, num_stages=None,
     for i in range(num_stages):
         filters = base_filters * 2**i
         # A per-channel bias before GroupNorm is (nearly) cancelled by it.
-        x = tf.keras.layers.Conv2D(filters, 4, strides=2, padding="same",
-                                   use_bias=i == 0 or normalization == "none")(x)
+        conv = spectral.SpectralConv2D if normalization == "spectral" else tf.keras.layers.Conv2D
+        x = conv(filters, 4, strides=2, padding="same",
+                 use_bias=i == 0 or normalization != "group")(x)
         if i > 0 and normalization == "group":
             x = tf.keras.layers.GroupNormalization(groups=math.gcd(32, filters))(x)
         x = tf.keras.layers.LeakyReLU(0.2)(x)
     x = tf.keras.layers.Flatten()(x)
-    score = tf.keras.layers.Dense(1, dtype="float32")(x)
+    dense = spectral.SpectralDense if normalization == "spectral" else tf.keras.layers.Dense
+    score = dense(1, dtype="float32")(x)
     return tf.keras.Model(patches, score, name="critic")

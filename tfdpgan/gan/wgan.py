@@ -36,7 +36,7 @@ from typing import Optional
 import tensorflow as tf
 
 from tfdpgan import distribute, errors
-from tfdpgan.dp import clipping, step
+from tfdpgan.dp import clipping, spectral, step
 from tfdpgan.gan import losses
 
 __all__ = ["LOSSES", "WGANConfig", "WGAN", "to_pairs"]
@@ -194,6 +194,7 @@ class WGAN(tf.Module):
             c = self.config.weight_clip
             for v in self.critic.trainable_variables:
                 v.assign(tf.clip_by_value(v, -c, c))
+        spectral.update_power_iterations(self.critic)   # spectral critic: u <- u' (data-free)
         stats = {"update_norm": self.strategy.experimental_local_results(
             out["update_norm"])[0]}
         record_weight = tf.reduce_sum(tf.reshape(weight, [-1, self.config.group_size]), 1)
