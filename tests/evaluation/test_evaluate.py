@@ -184,7 +184,11 @@ def test_default_selection_is_synthetic_and_reads_no_real_validation_volume(run,
     syn, read = _synthetic_set_and_volume_reads(run, tmp_path, monkeypatch)
     out = str(tmp_path / "eval")
     assert evaluate.EvalConfig(workdir="").selection == "synthetic_val"
-    result = evaluate.evaluate(_config(run, synthetic=syn, out_dir=out))
+    # (the threshold baseline, on by default, is a real-data row: it reads the validation
+    # volumes, as real_train reads real patches; the synthetic U-Net's selection does not)
+    assert evaluate.EvalConfig(workdir="").threshold_baseline
+    result = evaluate.evaluate(_config(run, synthetic=syn, out_dir=out,
+                                       threshold_baseline=False))
     assert read == ["t0", "t1"]                       # test patients only, no val volume
     sel = result["selection"]
     assert sel["method"] == "synthetic_val" and sel["uses_private_data"] is False

@@ -36,7 +36,7 @@ class PhantomDataConfig:
     num_test: int = 4
     seed: int = 0
     shape: Tuple[int, int, int] = phantom.PRESETS["default"].shape
-    patch_size: int = 64
+    patch_size: int = 32                 # flags/demo.cfg (issue #11: DP signal-to-noise)
     patches_per_patient: int = 500
     vessel_fraction: float = 0.5
     val_fraction: float = 0.1

@@ -40,7 +40,7 @@ class EvalConfig:
     synthetic: Optional[str] = None           # synthetic TFRecord folder instead of sampling
     num_synthetic: int = 4000
     real_train: Optional[str] = None          # TFRecord folder: extra row on real patches
-    threshold_baseline: bool = False
+    threshold_baseline: bool = True          # the bar a synthetic U-Net has to clear
     selection: str = "synthetic_val"
     synthetic_val_fraction: float = 0.1
     grid: str = DEFAULT_GRID                  # e.g. "lr=1e-4,3e-4;dropout=0,0.1;augment=0,1"
