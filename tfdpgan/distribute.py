@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from tfdpgan import errors
 
-__all__ = ["STRATEGIES", "split_cpu", "make_strategy", "num_replicas", "is_chief",
+__all__ = ["STRATEGIES", "split_cpu", "make_strategy", "is_chief",
            "chunk_records", "pad_global_batch", "replica_slice", "replicated",
            "is_first_replica", "apply_summed", "share_from_first_replica",
            "local_cluster"]
@@ -96,10 +96,6 @@ def _check_tf_config():
     except (ValueError, KeyError, TypeError) as e:
         raise errors.SettingsError(f"TF_CONFIG is not a valid cluster spec ({e}): {raw}") \
             from None
-
-
-def num_replicas(strategy: tf.distribute.Strategy) -> int:
-    return strategy.num_replicas_in_sync
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

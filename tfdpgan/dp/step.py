@@ -146,8 +146,8 @@ class PrivateStep:
         the replicas' results then carries exactly one draw."""
         if self.rng is not None:
             std = self.noise_multiplier * self.l2_norm_clip
-            keep = tf.cast(distribute.is_first_replica(), tf.float32)
-            noised = [g + tf.cast(keep, g.dtype) *
+            first = distribute.is_first_replica()
+            noised = [g + tf.cast(first, g.dtype) *
                       self.rng.normal(tf.shape(g), stddev=std, dtype=g.dtype)
                       for g in clipped_sum]
         else:
