@@ -71,6 +71,8 @@ def _define_unet_flags(fdef: cli.FlagDefiner, u: unet.UNetConfig):
     fdef.DEFINE_float("unet_lr", u.learning_rate, "U-Net Adam learning rate (when no --grid).")
     fdef.DEFINE_float("unet_dropout", u.dropout, "U-Net dropout.")
     fdef.DEFINE_boolean("unet_augment", u.augment, "Random flips / 90-degree rotations.")
+    fdef.DEFINE_boolean("unet_intensity_augment", u.intensity_augment, "Random brightness, "
+                        "gamma and bias ramp per training patch (every row alike).")
     fdef.DEFINE_integer("unet_batch_size", u.batch_size, "U-Net batch size.")
     fdef.DEFINE_integer("unet_epochs", u.epochs, "Epochs (each followed by validation).")
     fdef.DEFINE_integer("unet_steps_per_epoch", u.steps_per_epoch, "Steps per epoch "
@@ -86,7 +88,8 @@ def _define_unet_flags(fdef: cli.FlagDefiner, u: unet.UNetConfig):
 def config_from_flags(fv: flags.FlagValues = FLAGS, **overrides) -> config_lib.EvalConfig:
     base = unet.UNetConfig(
         base_filters=fv.unet_base_filters, depth=fv.unet_depth, learning_rate=fv.unet_lr,
-        dropout=fv.unet_dropout, augment=fv.unet_augment, batch_size=fv.unet_batch_size,
+        dropout=fv.unet_dropout, augment=fv.unet_augment,
+        intensity_augment=fv.unet_intensity_augment, batch_size=fv.unet_batch_size,
         epochs=fv.unet_epochs, steps_per_epoch=fv.unet_steps_per_epoch or None,
         seed=fv.unet_seed, loss=fv.unet_loss, max_restarts=fv.unet_max_restarts)
     # An explicit --unet_lr means that learning rate, not the default learning-rate grid.

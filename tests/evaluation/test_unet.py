@@ -127,6 +127,45 @@ def test_patch_dataset_augmentation_keeps_image_and_label_together():
     np.testing.assert_array_equal(plain, images)
 
 
+
+def test_intensity_augmentation_is_a_monotone_change_per_patch():
+    rng = np.random.RandomState(0)
+    images = rng.uniform(-1.0, 1.0, (12, 16, 16)).astype(np.float32)
+    images[:, :3] = -1.0                                   # background rows
+    labels = (images > 0.6).astype(np.uint8)
+
+    def one_pass(dataset):
+        pairs = [(i.numpy()[..., 0], l.numpy()[..., 0]) for i, l in dataset]
+        return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+
+    ds = unet.patch_dataset(images, labels, 4, intensity=True, seed=3)
+    first, first_labels = one_pass(ds)
+    second, _ = one_pass(ds)
+    np.testing.assert_array_equal(first_labels, labels)     # labels untouched
+    assert first.min() >= -1.0 and first.max() <= 1.0
+    np.testing.assert_array_equal(first[:, :3], -1.0)      # background stays background
+    assert not np.allclose(first, images, atol=1e-3)       # it does change intensities
+    assert not np.allclose(first, second)                  # and differently every pass
+    # Each patch follows the stated model u' = s * exp(a x + b y) * u**g on u = (x + 1) / 2:
+    # a least-squares fit of log u' on (1, x, y, log u) over unclipped pixels is exact and its
+    # coefficients lie in the stated ranges.
+    coords = np.arange(16) / 15.0 - 0.5
+    ys, xs = np.meshgrid(coords, coords, indexing="ij")
+    for aug, orig in zip(first, images):
+        u, v = (orig + 1.0) / 2.0, (aug + 1.0) / 2.0
+        keep = (u > 1e-3) & (v > 1e-3) & (v < 1.0 - 1e-6)
+        design = np.stack([np.ones(keep.sum()), ys[keep], xs[keep], np.log(u[keep])], 1)
+        coef, *_ = np.linalg.lstsq(design, np.log(v[keep]), rcond=None)
+        np.testing.assert_allclose(design @ coef, np.log(v[keep]), atol=1e-3)
+        assert 1 - unet.INTENSITY_SCALE - 1e-4 <= np.exp(coef[0]) <= 1 + unet.INTENSITY_SCALE + 1e-4
+        assert np.all(np.abs(coef[1:3]) <= unet.INTENSITY_RAMP + 1e-4)
+        assert 1 / unet.INTENSITY_GAMMA - 1e-4 <= coef[3] <= unet.INTENSITY_GAMMA + 1e-4
+    # the same seed gives the same first pass; the unaugmented dataset is the identity
+    again, _ = one_pass(unet.patch_dataset(images, labels, 4, intensity=True, seed=3))
+    np.testing.assert_allclose(again, first)
+    plain, _ = one_pass(unet.patch_dataset(images, labels, 4))
+    np.testing.assert_array_equal(plain, images)
+
 def test_train_api_takes_no_test_data():
     assert list(inspect.signature(unet.train_unet).parameters) == ["train", "val", "config"]
 

@@ -46,8 +46,18 @@ def test_demo_plan_at_epsilon_3(monkeypatch):
     assert plan.noise_multiplier / config.batch_size < 0.0135 / 1.4
 
 
-@pytest.mark.parametrize("cfg", ["paper_wgan.cfg", "paper_dp.cfg", "leaky_reference.cfg",
-                                 "pretrain_phantom.cfg"])
+@pytest.mark.parametrize("cfg", ["paper_wgan.cfg", "paper_dp.cfg", "leaky_reference.cfg"])
 def test_reference_recipes_keep_the_raw_generator(monkeypatch, cfg):
     """The paper's reproduction and the other references do not inherit the demo's EMA."""
     assert _parse(monkeypatch, f"--flagfile=flags/{cfg}").gan.ema_decay == 0.0
+
+
+def test_public_prior_fits_the_demo(monkeypatch):
+    """A demo run can start from the public prior (--init_from needs the same networks), and
+    the prior is non-private public-data training."""
+    demo = _parse(monkeypatch)
+    prior = _parse(monkeypatch, "--flagfile=flags/pretrain_phantom.cfg")
+    assert not prior.private and prior.epsilon == float("inf")
+    assert prior.phantom.patch_size == demo.phantom.patch_size
+    assert (prior.base_filters, prior.gan.latent_dim, prior.critic_norm) == (
+        demo.base_filters, demo.gan.latent_dim, demo.critic_norm)

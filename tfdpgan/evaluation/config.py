@@ -88,6 +88,7 @@ def parse_bool(text: str) -> bool:
 
 GRID_KEYS = {"lr": ("learning_rate", float), "learning_rate": ("learning_rate", float),
              "dropout": ("dropout", float), "augment": ("augment", parse_bool),
+             "intensity": ("intensity_augment", parse_bool),
              "base_filters": ("base_filters", int), "batch_size": ("batch_size", int),
              "epochs": ("epochs", int), "steps_per_epoch": ("steps_per_epoch", int)}
 

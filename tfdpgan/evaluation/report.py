@@ -167,7 +167,8 @@ def _selection_line(name: str, s: dict) -> Optional[str]:
         best = next(g for g in s["grid"] if g["config"] == s["chosen"])
         line = (f"- {name}: {len(s['grid'])} grid point(s); chosen learning rate "
                 f"{s['chosen']['learning_rate']:g}, dropout {s['chosen']['dropout']:g}, "
-                f"augment {s['chosen']['augment']}, best validation Dice "
+                f"augment {s['chosen']['augment']}, intensity augmentation "
+                f"{s['chosen'].get('intensity_augment', False)}, best validation Dice "
                 f"{s['best_val_dice']:.4f} after epoch {best['best_epoch']} of "
                 f"{s['chosen']['epochs']}")
         collapse = s.get("collapse") or {}

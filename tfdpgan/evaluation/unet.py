@@ -39,7 +39,7 @@ Scorer = Callable[[tf.keras.Model], float]
 
 __all__ = ["Arrays", "Scorer", "LOSSES", "UNetConfig", "build_unet", "soft_dice_loss",
            "dice_bce_loss", "label_prior", "prior_bias", "patch_dataset", "dataset_dice",
-           "is_collapsed", "train_unet", "train_unet_grid"]
+           "is_collapsed", "train_unet", "train_unet_grid", "intensity_augment"]
 
 LOSSES = ("dice_bce", "dice")
 PROBE_PATCHES = 256          # training patches predicted after every epoch (collapse check)
@@ -133,14 +133,41 @@ def _dihedral(image: tf.Tensor, label: tf.Tensor, bits: tf.Tensor):
     return image, label
 
 
+# Intensity augmentation ranges (nnU-Net's brightness/contrast/gamma augmentation, plus a
+# linear bias ramp): per patch, on the [0, 1] intensity (x + 1) / 2, u -> clip(s * ramp * u**g)
+# with s ~ U(1 - SCALE, 1 + SCALE), g = exp(U(-log GAMMA, log GAMMA)) and
+# ramp = exp(a * x + b * y) for a, b ~ U(-RAMP, RAMP) over patch coordinates x, y in [-1/2, 1/2].
+INTENSITY_SCALE = 0.25
+INTENSITY_GAMMA = 1.5
+INTENSITY_RAMP = 0.4
+
+
+def intensity_augment(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Random brightness, gamma and bias ramp per patch of ``image`` [B, P, P, 1] in [-1, 1]
+    (stateless: ``seed`` is a [2] integer tensor). Background (-1) stays -1; the result stays in
+    [-1, 1]. Labels are untouched: a vessel stays a vessel under a monotone intensity change."""
+    batch, size = tf.shape(image)[0], tf.shape(image)[1]
+    r = tf.random.stateless_uniform([batch, 4], seed, minval=-1.0, maxval=1.0)
+    scale = tf.reshape(1.0 + INTENSITY_SCALE * r[:, 0], [-1, 1, 1, 1])
+    gamma = tf.reshape(tf.exp(math.log(INTENSITY_GAMMA) * r[:, 1]), [-1, 1, 1, 1])
+    coords = tf.cast(tf.range(size), tf.float32) / tf.cast(tf.maximum(size - 1, 1), tf.float32) - 0.5
+    ramp = tf.exp(INTENSITY_RAMP * (tf.reshape(r[:, 2], [-1, 1, 1, 1]) * coords[None, :, None, None]
+                                    + tf.reshape(r[:, 3], [-1, 1, 1, 1]) * coords[None, None, :, None]))
+    u = tf.clip_by_value((image + 1.0) / 2.0, 0.0, 1.0)
+    u = tf.clip_by_value(scale * ramp * tf.pow(u, gamma), 0.0, 1.0)
+    return 2.0 * u - 1.0
+
+
 def patch_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int,
-                  shuffle: bool = False, seed: int = 0, augment: bool = False) -> tf.data.Dataset:
+                  shuffle: bool = False, seed: int = 0, augment: bool = False,
+                  intensity: bool = False) -> tf.data.Dataset:
     """One pass over the patches as (image, label) float32 batches [B, P, P, 1].
 
     ``images`` [N, P, P] (normalised) and ``labels`` [N, P, P] may be memory-mapped (e.g.
     pipeline.load_arrays with a cache_dir): batches are gathered by index, never copied whole
     into the graph. ``shuffle`` reshuffles every pass; ``augment`` applies a random flip/
-    90-degree rotation per patch (both deterministic for a given seed and pass).
+    90-degree rotation per patch, ``intensity`` a random intensity change (intensity_augment);
+    all deterministic for a given seed and pass.
     """
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -164,6 +191,11 @@ def patch_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int,
         bits = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
         ds = tf.data.Dataset.zip((ds, bits.batch(batch_size))).map(
             lambda pair, r: _dihedral(*pair, r), num_parallel_calls=tf.data.AUTOTUNE)
+    if intensity:
+        seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.zip((ds, seeds.batch(2))).map(
+            lambda pair, r: (intensity_augment(pair[0], r), pair[1]),
+            num_parallel_calls=tf.data.AUTOTUNE)
     # No autotuning: with it (TF 2.15), deleting a partially consumed iterator, as
     # train_unet does after its last epoch of steps_per_epoch steps, blocked for 10-40 s on
     # a 2-core CPU (the autotune thread); the fixed defaults are as fast here.
@@ -180,6 +212,7 @@ class UNetConfig:
     learning_rate: float = 1e-4
     batch_size: int = 32              # used when train/val are given as arrays
     augment: bool = False             # likewise (random flips / 90-degree rotations)
+    intensity_augment: bool = False   # likewise (random brightness/gamma/bias ramp)
     epochs: int = 10
     steps_per_epoch: Optional[int] = None   # None: one pass over the training data
     threshold: float = 0.5            # on the probability, for the validation Dice
@@ -222,7 +255,8 @@ def _as_dataset(data, config: UNetConfig, training: bool) -> tf.data.Dataset:
         return data
     images, labels = data
     return patch_dataset(images, labels, config.batch_size, shuffle=training, seed=config.seed,
-                         augment=training and config.augment)
+                         augment=training and config.augment,
+                         intensity=training and config.intensity_augment)
 
 
 def _validation_score(model: tf.keras.Model, val, config: UNetConfig) -> float:
