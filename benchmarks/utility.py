@@ -31,6 +31,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tfdpgan import atomic, train as train_command, workdir  # noqa: E402
 from tfdpgan.data import default_data  # noqa: E402
+from tfdpgan.dp import accounting  # noqa: E402
 from tfdpgan.evaluation import evaluate, report  # noqa: E402
 from tfdpgan.evaluation.config import EvalConfig  # noqa: E402
 from tfdpgan.gan import training  # noqa: E402
@@ -115,6 +116,8 @@ def _row(name, result, card=None, train_seconds=0.0, eval_seconds=0.0):
             "privacy_unit": None if card is None else card.get("privacy_unit"),
             "noise_multiplier": None if card is None else card.get("noise_multiplier"),
             "critic_steps": None if card is None else card.get("critic_steps"),
+            "expected_batch_size": None if card is None else card.get("expected_batch_size"),
+            "accountant": None if card is None else card.get("accountant"),
             "seconds": round(train_seconds + eval_seconds)}
 
 
@@ -173,6 +176,39 @@ def _rows():
     return rows, test_nifti
 
 
+def cohort_needed(noise_per_signal: float, batch: float, steps: int, epsilon: float,
+                  accountant: str, largest: int = 10**7):
+    """The planner's answer to "how many patients would per-patient DP need": the smallest
+    cohort N at which ``steps`` critic steps of ``batch`` expected patients at ``epsilon`` have
+    noise/signal σ/batch <= ``noise_per_signal`` (e.g. the per-patch ε = 3 row's σ/B), found
+    by bisection on N (σ falls as N grows); None if even ``largest`` patients do not reach it."""
+    def ratio(n):       # σ as training would calibrate it (tfdpgan.dp.card.make_plan)
+        return accounting.calibrate_noise(epsilon, batch / n, steps,
+                                          accounting.default_delta(n), accountant) / batch
+    low, high = int(math.ceil(batch)), largest
+    if ratio(high) > noise_per_signal:
+        return None
+    if ratio(low) <= noise_per_signal:
+        return low
+    while high - low > max(1, low // 100):          # 1 % resolution
+        mid = (low + high) // 2
+        low, high = (low, mid) if ratio(mid) <= noise_per_signal else (mid, high)
+    return high
+
+
+def _cohort_line(by):
+    """Patients the per-patient row would need to match the per-patch ε = 3 row's noise/signal,
+    at that row's expected batch (as patients) and steps."""
+    patch = by.get("ε = 3 per patch") or {}
+    if not patch.get("noise_multiplier") or not patch.get("expected_batch_size"):
+        return "patient_cohort_for_patch_eps3_noise -"
+    batch, steps = patch["expected_batch_size"], patch["critic_steps"]
+    n = cohort_needed(patch["noise_multiplier"] / batch, batch, steps, 3.0,
+                      patch.get("accountant") or "pld")
+    return (f"patient_cohort_for_patch_eps3_noise {n if n else '> 1e7'} (batch {batch:g} "
+            f"patients, {steps} steps, σ/B {patch['noise_multiplier'] / batch:.4f})")
+
+
 def _fmt(x, digits):
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else \
         f"{x:.{digits}f}"
@@ -206,7 +242,8 @@ def _table(rows, test_nifti):
               "dsc_eps1_minus_threshold " + _fmt(
                   None if dsc("ε = 1 per patch") is None or dsc("validation-chosen threshold")
                   is None else dsc("ε = 1 per patch") - dsc("validation-chosen threshold"), 3),
-              f"fid_ratio_inf_over_floor {_fmt(ratio(inf_row.get('fid'), inf_row.get('fid_real_floor')), 2)}"]
+              f"fid_ratio_inf_over_floor {_fmt(ratio(inf_row.get('fid'), inf_row.get('fid_real_floor')), 2)}",
+              _cohort_line(by)]
     return "\n".join(lines) + "\n"
 
 

@@ -14,7 +14,7 @@ loop is tfdpgan.gan.training.
 from absl import flags
 
 from tfdpgan import cli, distribute, paths, workdir as workdir_lib
-from tfdpgan.data import default_data
+from tfdpgan.data import default_data, phantom as phantom_lib
 from tfdpgan.dp import card as privacy_card, step
 from tfdpgan.gan import models, run, training, wgan
 
@@ -105,6 +105,8 @@ def define_flags(fv: flags.FlagValues = FLAGS):
     fdef.DEFINE_integer("phantom_patients", p.num_patients, "Phantom: training patients.")
     fdef.DEFINE_integer("phantom_test", p.num_test, "Phantom: held-out test patients.")
     fdef.DEFINE_integer("phantom_seed", p.seed, "Phantom: seed.")
+    fdef.DEFINE_enum("phantom_preset", p.preset, sorted(phantom_lib.PRESETS), "Phantom: "
+                     "scanner/site preset (site_b: another site, e.g. for a public prior).")
     fdef.DEFINE_list("phantom_shape", list(map(str, p.shape)), "Phantom: volume shape x,y,z.")
     fdef.DEFINE_integer("patch_size", p.patch_size, "Phantom: patch size.")
     fdef.DEFINE_enum("strategy", d.strategy, list(distribute.STRATEGIES), "default: one "
@@ -129,6 +131,7 @@ def config_from_flags(fv: flags.FlagValues = FLAGS) -> run.TrainConfig:
     phantom_config = default_data.PhantomDataConfig(
         num_patients=fv.phantom_patients, num_test=fv.phantom_test,
         seed=fv.phantom_seed, shape=tuple(int(v) for v in fv.phantom_shape),
+        preset=fv.phantom_preset,
         patch_size=fv.patch_size, patches_per_patient=fv.phantom_patches_per_patient)
     gan_config = wgan.WGANConfig(
         latent_dim=fv.latent_dim, loss=fv.loss, weight_clip=fv.weight_clip,

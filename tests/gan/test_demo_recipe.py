@@ -61,3 +61,6 @@ def test_public_prior_fits_the_demo(monkeypatch):
     assert prior.phantom.patch_size == demo.phantom.patch_size
     assert (prior.base_filters, prior.gan.latent_dim, prior.critic_norm) == (
         demo.base_filters, demo.gan.latent_dim, demo.critic_norm)
+    # another site and other patients than the demo's private phantom, so --init_from accepts
+    # it for the demo (a prior sharing source volumes is refused: tests/gan/test_recipe.py)
+    assert prior.phantom.preset != demo.phantom.preset and prior.phantom.seed != demo.phantom.seed
