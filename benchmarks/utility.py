@@ -16,11 +16,15 @@ evaluation's default (held-out synthetic patches, privacy-free).
 
 Each row: DSC ± SD, HD95 ± SD (mm), FID and its real floor, noise multiplier, critic steps,
 wall time. Every finished training (privacy.json + generator) and every evaluation with the
-same settings is reused, so an interrupted benchmark resumes where it stopped. The last lines
-print dsc_ratio_inf_over_real, dsc_ratio_eps3_over_inf, dsc_eps1_minus_threshold and
-fid_ratio_inf_over_floor. The table goes to benchmarks/results/utility.txt (--output).
+same settings is reused, so an interrupted benchmark resumes where it stopped (a row's wall time
+is its first measurement, kept in OUT_DIR/row_seconds.json). The last lines
+print dsc_ratio_inf_over_real, dsc_ratio_eps3_over_inf, dsc_eps1_minus_threshold,
+fid_ratio_inf_over_floor and the patient cohort that per-patient DP would need for the per-patch
+ε = 3 row's noise/signal (the planner's answer, cohort_needed). The table goes to
+benchmarks/results/utility.txt (--output).
 """
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -108,6 +112,21 @@ def _evaluate(run_dir, test_nifti, **kwargs):
     return result, time.time() - start
 
 
+def _seconds(name, measured):
+    """Wall time of row ``name``: the first measurement of a row (train + evaluation) is kept
+    in OUT_DIR/row_seconds.json, so a resumed benchmark, which reuses finished rows in about
+    no time, still reports what they took (a row interrupted midway counts its remainder)."""
+    path = os.path.join(FLAGS.out_dir, "row_seconds.json")
+    known = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            known = json.load(f)
+    if name not in known and measured > 0:
+        known[name] = round(measured)
+        atomic.write_json_atomic(path, known)
+    return known.get(name, round(measured))
+
+
 def _row(name, result, card=None, train_seconds=0.0, eval_seconds=0.0):
     return {"row": name, "dsc_mean": result.get("dsc_mean"), "dsc_sd": result.get("dsc_sd"),
             "hd95_mean_mm": result.get("hd95_mean_mm"), "hd95_sd_mm": result.get("hd95_sd_mm"),
@@ -118,7 +137,7 @@ def _row(name, result, card=None, train_seconds=0.0, eval_seconds=0.0):
             "critic_steps": None if card is None else card.get("critic_steps"),
             "expected_batch_size": None if card is None else card.get("expected_batch_size"),
             "accountant": None if card is None else card.get("accountant"),
-            "seconds": round(train_seconds + eval_seconds)}
+            "seconds": _seconds(name, train_seconds + eval_seconds)}
 
 
 def _cohort(private_phantom):
@@ -251,7 +270,8 @@ def main(argv):
     del argv
     start = time.time()
     rows, test_nifti = _rows()
-    text = _table(rows, test_nifti) + f"total {time.time() - start:.0f} s\n"
+    text = _table(rows, test_nifti) + (f"total {sum(r['seconds'] for r in rows)} s over the "
+                                       f"rows; this invocation {time.time() - start:.0f} s\n")
     print(text, end="")
     os.makedirs(os.path.dirname(FLAGS.output), exist_ok=True)
     atomic.write_text_atomic(FLAGS.output, text)
