@@ -150,9 +150,11 @@ def intensity_augment(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     r = tf.random.stateless_uniform([batch, 4], seed, minval=-1.0, maxval=1.0)
     scale = tf.reshape(1.0 + INTENSITY_SCALE * r[:, 0], [-1, 1, 1, 1])
     gamma = tf.reshape(tf.exp(math.log(INTENSITY_GAMMA) * r[:, 1]), [-1, 1, 1, 1])
-    coords = tf.cast(tf.range(size), tf.float32) / tf.cast(tf.maximum(size - 1, 1), tf.float32) - 0.5
-    ramp = tf.exp(INTENSITY_RAMP * (tf.reshape(r[:, 2], [-1, 1, 1, 1]) * coords[None, :, None, None]
-                                    + tf.reshape(r[:, 3], [-1, 1, 1, 1]) * coords[None, None, :, None]))
+    coords = (tf.cast(tf.range(size), tf.float32)
+              / tf.cast(tf.maximum(size - 1, 1), tf.float32) - 0.5)
+    slope_rows, slope_cols = (tf.reshape(r[:, k], [-1, 1, 1, 1]) for k in (2, 3))
+    ramp = tf.exp(INTENSITY_RAMP * (slope_rows * coords[None, :, None, None]
+                                    + slope_cols * coords[None, None, :, None]))
     u = tf.clip_by_value((image + 1.0) / 2.0, 0.0, 1.0)
     u = tf.clip_by_value(scale * ramp * tf.pow(u, gamma), 0.0, 1.0)
     return 2.0 * u - 1.0
