@@ -127,7 +127,6 @@ def test_patch_dataset_augmentation_keeps_image_and_label_together():
     np.testing.assert_array_equal(plain, images)
 
 
-
 def test_intensity_augmentation_is_a_monotone_change_per_patch():
     rng = np.random.RandomState(0)
     images = rng.uniform(-1.0, 1.0, (12, 16, 16)).astype(np.float32)
@@ -165,6 +164,7 @@ def test_intensity_augmentation_is_a_monotone_change_per_patch():
     np.testing.assert_allclose(again, first)
     plain, _ = one_pass(unet.patch_dataset(images, labels, 4))
     np.testing.assert_array_equal(plain, images)
+
 
 def test_train_api_takes_no_test_data():
     assert list(inspect.signature(unet.train_unet).parameters) == ["train", "val", "config"]

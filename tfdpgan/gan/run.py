@@ -19,8 +19,9 @@ from tfdpgan.dp import card as privacy_card
 from tfdpgan.gan import export, models, wgan
 
 __all__ = ["TrainConfig", "group_size", "build_generator", "build_wgan", "make_checkpoint",
-           "run_record", "data_fingerprint", "check_same_run", "config_from_run", "plan_from_run", "restore", "release_assets",
-           "export_from_workdir", "init_from_prior", "describe_prior"]
+           "run_record", "data_fingerprint", "check_same_run", "config_from_run", "plan_from_run",
+           "restore", "release_assets", "export_from_workdir", "init_from_prior",
+           "describe_prior"]
 
 # Settings that do not change what a run computes: logging cadence and content, and whether ε and σ were
 # both given (it only decides whether a disagreeing pair is refused; a run that starts has
