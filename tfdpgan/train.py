@@ -72,6 +72,9 @@ def define_flags(fv: flags.FlagValues = FLAGS):
     fdef.DEFINE_integer("base_filters", d.base_filters, "Width of both networks (paper: 96).")
     fdef.DEFINE_enum("critic_norm", d.critic_norm, list(models.CRITIC_NORMS), "Critic "
                      "normalisation: group (GroupNorm, the paper) or none (Bie et al. 2023).")
+    fdef.DEFINE_enum("generator_upsample", d.generator_upsample,
+                     list(models.GENERATOR_UPSAMPLES), "Generator upsampling: transpose "
+                     "(Conv2DTranspose, the paper) or resize (nearest + Conv2D 3x3).")
     fdef.DEFINE_float("instance_noise", g.instance_noise, "Std of Gaussian noise added to every "
                       "real and fake pair the critic sees (both channels; 0 = off).")
     fdef.DEFINE_integer("latent_dim", g.latent_dim, "Latent dimension.")
@@ -147,7 +150,7 @@ def config_from_flags(fv: flags.FlagValues = FLAGS) -> run.TrainConfig:
         patches_per_patient=fv.patches_per_patient, l2_norm_clip=fv.l2_norm_clip,
         batch_size=fv.batch_size, critic_steps=fv.critic_steps,
         critic_steps_per_generator_step=fv.n_critic, base_filters=fv.base_filters,
-        critic_norm=fv.critic_norm,
+        critic_norm=fv.critic_norm, generator_upsample=fv.generator_upsample,
         gan=gan_config, summary_every=fv.summary_every, image_every=fv.image_every,
         checkpoint_every=fv.checkpoint_every, sampling_seed=fv.sampling_seed,
         tf_seed=fv.tf_seed, adaptive_n_critic=fv.adaptive_n_critic,

@@ -22,6 +22,22 @@ def test_generator_output_shape_and_range(small_models):
     assert np.all(np.abs(patches.numpy()) <= 1.0)
 
 
+def test_resize_generator_has_no_transposed_convolutions():
+    generator = models.build_generator(latent_dim=8, patch_size=32, base_filters=4,
+                                       upsample="resize")
+    patches = generator(100.0 * tf.random.normal([3, 8]), training=True)
+    assert patches.shape == (3, 32, 32, 2)
+    assert np.all(np.abs(patches.numpy()) <= 1.0)
+    layers = generator.layers
+    assert not any(isinstance(layer, tf.keras.layers.Conv2DTranspose) for layer in layers)
+    # 3 stages: one nearest-neighbour doubling and one 3x3 convolution each
+    assert sum(isinstance(layer, tf.keras.layers.UpSampling2D) for layer in layers) == 3
+    assert [layer.kernel_size for layer in layers
+            if isinstance(layer, tf.keras.layers.Conv2D)] == [(3, 3)] * 3
+    with pytest.raises(ValueError, match="unknown generator upsampling"):
+        models.build_generator(latent_dim=8, patch_size=32, upsample="bilinear")
+
+
 def test_critic_output_shape(small_models):
     _, critic = small_models
     assert critic(tf.zeros([3, 32, 32, 2])).shape == (3, 1)

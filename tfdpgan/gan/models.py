@@ -12,8 +12,8 @@ import tensorflow as tf
 
 from tfdpgan.dp import spectral
 
-__all__ = ["MAX_STAGES", "BN_MOMENTUM", "CRITIC_NORMS", "default_num_stages", "build_generator",
-           "build_critic"]
+__all__ = ["MAX_STAGES", "BN_MOMENTUM", "CRITIC_NORMS", "GENERATOR_UPSAMPLES", "default_num_stages",
+           "build_generator", "build_critic"]
 
 MAX_STAGES = 5
 # Generator BatchNorm: moving statistics (used at export/inference) must track the training
@@ -37,16 +37,32 @@ def _check_stages(patch_size, num_stages):
     return num_stages
 
 
+GENERATOR_UPSAMPLES = ("transpose", "resize")
+
+
+def _upsample(x, filters, upsample, use_bias):
+    """Double the map: Conv2DTranspose(4, stride 2) (the paper's DCGAN), or nearest-neighbour
+    resize + Conv2D(3) (Odena et al. 2016: no checkerboard from uneven kernel overlap)."""
+    if upsample == "transpose":
+        return tf.keras.layers.Conv2DTranspose(filters, 4, strides=2, padding="same",
+                                               use_bias=use_bias)(x)
+    x = tf.keras.layers.UpSampling2D(2, interpolation="nearest")(x)
+    return tf.keras.layers.Conv2D(filters, 3, padding="same", use_bias=use_bias)(x)
+
+
 def build_generator(latent_dim=128, patch_size=96, base_filters=96, channels=2,
-                    num_stages=None):
+                    num_stages=None, upsample="transpose"):
     """Latent [B, latent_dim] -> patches [B, patch, patch, channels] in [-1, 1].
 
     Dense to a (patch / 2**num_stages)^2 seed with base * 2**(num_stages-1)
-    filters, then Conv2DTranspose(4, stride 2) + BatchNorm + ReLU blocks halving
-    the filters, and a last Conv2DTranspose to `channels` with tanh.
+    filters, then upsampling (``upsample``: GENERATOR_UPSAMPLES, see _upsample) + BatchNorm
+    + ReLU blocks halving the filters, and a last upsampling to `channels` with tanh.
     BatchNorm is fine here: the generator never sees private data, but note
     that in training mode a sample depends on the other latents of its batch.
     """
+    if upsample not in GENERATOR_UPSAMPLES:
+        raise ValueError(f"unknown generator upsampling {upsample!r}; "
+                         f"choose from {GENERATOR_UPSAMPLES}")
     num_stages = _check_stages(patch_size, num_stages)
     seed = patch_size // 2**num_stages
     filters = base_filters * 2**(num_stages - 1)
@@ -57,11 +73,10 @@ def build_generator(latent_dim=128, patch_size=96, base_filters=96, channels=2,
     x = tf.keras.layers.ReLU()(x)
     for _ in range(num_stages - 1):
         filters //= 2
-        x = tf.keras.layers.Conv2DTranspose(filters, 4, strides=2, padding="same",
-                                            use_bias=False)(x)
+        x = _upsample(x, filters, upsample, use_bias=False)
         x = tf.keras.layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
         x = tf.keras.layers.ReLU()(x)
-    x = tf.keras.layers.Conv2DTranspose(channels, 4, strides=2, padding="same")(x)
+    x = _upsample(x, channels, upsample, use_bias=True)
     patches = tf.keras.layers.Activation("tanh", dtype="float32")(x)
     return tf.keras.Model(latent, patches, name="generator")
 

@@ -54,6 +54,7 @@ class TrainConfig:
     critic_steps_per_generator_step: int = 5
     base_filters: int = 16
     critic_norm: str = "group"               # models.CRITIC_NORMS: group (paper) | none
+    generator_upsample: str = "transpose"    # models.GENERATOR_UPSAMPLES: transpose (paper) | resize
     # 5e-4: at 2e-4 the demo-size generator still made texture without vessels after
     # 2000 critic steps; 5e-4 / 3000 steps gives vessel-like bright structures with labels.
     # ema_decay 0.99: the released generator is an EMA of the last ~100 generator steps
@@ -96,13 +97,15 @@ def build_wgan(config: TrainConfig, patch_size: int, plan: privacy_card.Plan) ->
         config.gan, private=config.private, l2_norm_clip=config.l2_norm_clip,
         noise_multiplier=plan.noise_multiplier, expected_batch_size=float(config.batch_size),
         group_size=group_size(config))
-    generator = build_generator(gan_config, patch_size, config.base_filters)
+    generator = build_generator(gan_config, patch_size, config.base_filters,
+                                config.generator_upsample)
     critic = models.build_critic(patch_size, config.base_filters,
                                  normalization=config.critic_norm)
     return wgan.WGAN(generator, critic, gan_config, seed=config.tf_seed)
 
 
-def build_generator(gan_config: wgan.WGANConfig, patch_size: int, base_filters: int):
+def build_generator(gan_config: wgan.WGANConfig, patch_size: int, base_filters: int,
+                    upsample: str = "transpose"):
     """The generator; with ``mixed_precision`` (bfloat16 | float16) it computes in that dtype
     (variables float32) inside a wrapper whose output is cast to float32 for the critic.
 
@@ -111,14 +114,16 @@ def build_generator(gan_config: wgan.WGANConfig, patch_size: int, base_filters: 
     ||c_i g_i|| <= C holds as without mixed precision; the generator is post-processing of
     the critic, so its precision cannot touch the guarantee."""
     if not gan_config.mixed_precision:
-        return models.build_generator(gan_config.latent_dim, patch_size, base_filters)
+        return models.build_generator(gan_config.latent_dim, patch_size, base_filters,
+                                      upsample=upsample)
     if gan_config.mixed_precision not in wgan.MIXED_PRECISION:
         raise errors.SettingsError(f"mixed_precision must be one of {wgan.MIXED_PRECISION}, "
                                    f"got {gan_config.mixed_precision!r}")
     before = tf.keras.mixed_precision.global_policy()
     tf.keras.mixed_precision.set_global_policy(f"mixed_{gan_config.mixed_precision}")
     try:
-        inner = models.build_generator(gan_config.latent_dim, patch_size, base_filters)
+        inner = models.build_generator(gan_config.latent_dim, patch_size, base_filters,
+                                       upsample=upsample)
     finally:
         tf.keras.mixed_precision.set_global_policy(before)
     latent = tf.keras.Input([gan_config.latent_dim], name="latent")
@@ -294,5 +299,5 @@ def init_from_prior(gan: wgan.WGAN, prior_dir: str):
         if shapes[0] != shapes[1]:
             raise errors.SettingsError(
                 f"--init_from={prior_dir}: its {mine.name} has another architecture (patch "
-                f"size, --base_filters or --latent_dim differ)")
+                f"size, --base_filters, --latent_dim or --generator_upsample differ)")
         mine.set_weights(theirs.get_weights())
