@@ -262,6 +262,17 @@ def test_max_steps_within_boundary(accountant):
     assert acc.compute_epsilon(sigma, q, n + 1, DELTA, accountant) > budget
 
 
+@pytest.mark.parametrize("accountant", acc.ACCOUNTANTS)
+def test_max_steps_within_small_noise_slow_growth(accountant):
+    """σ 0.59 at q = 2.56e-4 (a cohort of 10^6 planned for ε = 3 in 3000 steps): ε is 2.4
+    after one step and reaches 3 only after ~3000; the bracket search must still end."""
+    budget, sigma, q, delta = 3.0, 0.59, 2.56e-4, 1e-7
+    n = acc.max_steps_within(budget, sigma, q, delta, accountant)
+    assert n > 100
+    assert acc.compute_epsilon(sigma, q, n, delta, accountant) <= budget
+    assert acc.compute_epsilon(sigma, q, n + 1, delta, accountant) > budget
+
+
 def test_max_steps_within_edge_cases():
     assert acc.max_steps_within(5.0, 0.0, 0.01, DELTA, "rdp") == 0
     assert acc.max_steps_within(0.0, 1.0, 0.01, DELTA, "rdp") == 0

@@ -182,14 +182,17 @@ def max_steps_within(epsilon: float, noise_multiplier: float,
     if ok and g(ok) > 0:  # cannot happen while PLD <= RDP; stay correct anyway
         ok = 0
     # Upper bracket by steps of (budget / epsilon)^2 (exact if epsilon ~
-    # sqrt(steps)), at most doubling.
+    # sqrt(steps)), at most doubling. Small σ breaks that model (ε is near the budget after
+    # one step and then grows very slowly), so the minimum increment doubles on every try:
+    # the bracket is found within _MAX_DOUBLINGS tries whatever the shape of ε(steps).
+    increment = 1
     for _ in range(_MAX_DOUBLINGS):
         spent = _epsilon(sigma, q, ok, d, accountant)
         growth = min((epsilon / spent) ** 2, 2.0) if spent else 2.0
-        bad = max(math.ceil(ok * growth), ok + 1)
+        bad = max(math.ceil(ok * growth), ok + increment)
         if g(bad) > 0:
             break
-        ok = bad
+        ok, increment = bad, 2 * increment
     else:
         raise ValueError("no finite step limit found")
     ok, _ = _shrink(
