@@ -247,6 +247,12 @@ def test_default_test_set_and_external_folder(run, tmp_path):
     assert [p["patient_id"] for p in result["per_patient"]] == ["x0"]
     assert result["dsc_sd"] is None and result["test_set"]["source"] == os.path.abspath(ext)
     assert os.path.isfile(os.path.join(out, "predictions", "x0.nii.gz"))
+    # the threshold row says where its threshold came from, and warns when the test volumes
+    # are another source than those validation volumes
+    own_sel, ext_sel = (r["baselines"]["threshold"]["selection"] for r in (own, result))
+    assert run["rec"] in own_sel["volumes"] and "caveat" not in own_sel
+    assert run["rec"] in ext_sel["volumes"] and "site shift" in ext_sel["caveat"]
+    assert ext_sel["caveat"] in open(os.path.join(out, "REPORT.md")).read()
 
 
 def test_fid_network_failure_is_an_error(run, tmp_path):

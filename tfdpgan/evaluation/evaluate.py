@@ -128,6 +128,13 @@ def select(config: EvalConfig, run: inputs.Run, timing: dict) -> Selected:
         threshold, selections["threshold"] = selection.threshold_selection(config, scorer,
                                                                            train_sets)
         selections["threshold"]["threshold"] = report_lib.finite(threshold)
+        if scorer is not None:
+            selections["threshold"]["volumes"] = f"validation patients of {run.rec_dir}"
+            if config.test_data:
+                # e.g. a prior trained on another site, scored on this site's volumes
+                selections["threshold"]["caveat"] = (
+                    "the test volumes (--test_data) are not from this data set: across a site "
+                    "shift this threshold is not the test site's own best threshold")
     return Selected(models, selections, threshold, train_sets, val_cases)
 
 

@@ -185,8 +185,13 @@ def _selection_line(name: str, s: dict) -> Optional[str]:
                      "its DSC says nothing about the synthetic data beyond that**")
         return line
     if "threshold" in s:
-        return (f"- {name}: threshold {format_number(s['threshold'], 4)} on the "
+        line = (f"- {name}: threshold {format_number(s['threshold'], 4)} on the "
                 f"{s['scale']}, chosen on {s.get('method', 'validation')}")
+        if s.get("volumes"):
+            line += f" ({s['volumes']})"
+        if s.get("caveat"):
+            line += f"; **{s['caveat']}**"
+        return line
     return None
 
 
