@@ -75,6 +75,9 @@ def define_flags(fv: flags.FlagValues = FLAGS):
     fdef.DEFINE_enum("generator_upsample", d.generator_upsample,
                      list(models.GENERATOR_UPSAMPLES), "Generator upsampling: transpose "
                      "(Conv2DTranspose, the paper) or resize (nearest + Conv2D 3x3).")
+    fdef.DEFINE_integer("critic_frozen_stages", d.critic_frozen_stages, "Keep the first K "
+                        "critic stages of the --init_from prior fixed (public features); DP "
+                        "trains and noises only the rest, so the noise dimension shrinks.")
     fdef.DEFINE_float("instance_noise", g.instance_noise, "Std of Gaussian noise added to every "
                       "real and fake pair the critic sees (both channels; 0 = off).")
     fdef.DEFINE_integer("latent_dim", g.latent_dim, "Latent dimension.")
@@ -151,6 +154,7 @@ def config_from_flags(fv: flags.FlagValues = FLAGS) -> run.TrainConfig:
         batch_size=fv.batch_size, critic_steps=fv.critic_steps,
         critic_steps_per_generator_step=fv.n_critic, base_filters=fv.base_filters,
         critic_norm=fv.critic_norm, generator_upsample=fv.generator_upsample,
+        critic_frozen_stages=fv.critic_frozen_stages,
         gan=gan_config, summary_every=fv.summary_every, image_every=fv.image_every,
         checkpoint_every=fv.checkpoint_every, sampling_seed=fv.sampling_seed,
         tf_seed=fv.tf_seed, adaptive_n_critic=fv.adaptive_n_critic,

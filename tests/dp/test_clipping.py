@@ -416,3 +416,23 @@ def test_unnormalised_critic_clipped_sum_matches_naive(pairs, loss_name, method)
     clipped_sum, got = clipping.clipped_gradient_sum(model, loss_fn, pairs, clip, method=method)
     np.testing.assert_allclose(got.numpy(), expected_norms, rtol=1e-4)
     _assert_grads_close(clipped_sum, expected)
+
+
+@pytest.mark.parametrize("stages", [2, 3])
+def test_frozen_stages_clip_and_noise_only_the_trainable_rest(pairs, stages):
+    """A critic whose first stages are frozen (public prior features): the per-example
+    norms and the clipped sum are those of the trainable variables alone (naive loop), and
+    the noise of the DP step has exactly their dimension."""
+    model = models.build_critic(patch_size=PATCH, base_filters=4)
+    _randomize(model, 4)
+    left = models.freeze_critic_stages(model, stages)
+    assert left == sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    assert left < sum(int(np.prod(v.shape)) for v in model.weights)
+    loss_fn = losses.critic_loss("wgan")
+    _, norms = _naive(model, loss_fn, pairs, 1.0)
+    clip = float(np.median(norms))
+    expected, expected_norms = _naive(model, loss_fn, pairs, clip)
+    clipped_sum, got = clipping.clipped_gradient_sum(model, loss_fn, pairs, clip)
+    assert len(clipped_sum) == len(model.trainable_variables)
+    np.testing.assert_allclose(got.numpy(), expected_norms, rtol=1e-4)
+    _assert_grads_close(clipped_sum, expected)

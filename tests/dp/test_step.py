@@ -101,3 +101,26 @@ def test_wgan_critic_step_runs_on_the_tf_privacy_backend():
     stats = gan.critic_step(tf.random.uniform([5, 16, 16, 2], -1, 1))
     assert int(stats["batch_size"]) == 5
     assert np.isfinite(float(stats["update_norm"])) and float(stats["update_norm"]) > 0
+
+
+def test_private_step_leaves_frozen_critic_stages_untouched():
+    """--critic_frozen_stages: the DP critic step (noise included) changes only the trainable
+    layers; the frozen prior layers stay bit-identical, and the weight clip does not touch
+    them either."""
+    config = wgan.WGANConfig(latent_dim=8, expected_batch_size=4.0, l2_norm_clip=0.1,
+                             noise_multiplier=1.0, critic_lr=0.1)
+    critic = models.build_critic(16, 4)
+    rng = np.random.default_rng(0)
+    for v in critic.weights:
+        v.assign(rng.normal(0.0, 0.3, v.shape).astype(np.float32))   # beyond the 0.01 clip
+    models.freeze_critic_stages(critic, 1)
+    frozen = [v for v in critic.weights if not any(v is t for t in critic.trainable_variables)]
+    before = [v.numpy() for v in frozen]
+    trainable_before = [v.numpy() for v in critic.trainable_variables]
+    gan = wgan.WGAN(models.build_generator(8, 16, 4), critic, config, seed=0)
+    gan.critic_step(tf.random.uniform([5, 16, 16, 2], -1, 1))
+    assert frozen
+    for b, v in zip(before, frozen):
+        np.testing.assert_array_equal(b, v.numpy())
+    assert all(np.any(b != v.numpy()) for b, v in zip(trainable_before,
+                                                         critic.trainable_variables))

@@ -101,6 +101,35 @@ def test_public_prior_is_stated_and_costs_no_privacy(patch_records, tiny_dataset
     assert "Public prior" in open(workdir.path(config.workdir, workdir.PRIVACY_MD)).read()
 
 
+def test_frozen_critic_stages_keep_the_prior_and_cost_no_privacy(patch_records, tiny_dataset,
+                                                                tmp_path, plain_card):
+    """--critic_frozen_stages: the frozen stages end the private run exactly as the prior
+    left them, the rest trains, the card's privacy numbers are unchanged and it says so."""
+    prior = _config(tmp_path, tiny_dataset[1], "prior", epsilon=float("inf"))
+    training.train(prior)
+    config = _config(tmp_path, patch_records, "frozen", init_from=prior.workdir,
+                     critic_frozen_stages=1)
+    card = training.train(config)
+    assert _privacy(card) == _privacy(plain_card)
+    assert card["public_prior"]["critic_frozen_stages"] == 1
+    assert "stage(s) kept the prior" in open(workdir.path(config.workdir,
+                                                          workdir.PRIVACY_MD)).read()
+    _, before, _ = run.restore(prior.workdir)
+    _, after, _ = run.restore(config.workdir)
+    first = [layer.name for layer in after.critic.layers if not layer.trainable]
+    assert first and all(not layer.trainable_weights for layer in after.critic.layers
+                         if layer.name in first)
+    for a, b in zip(after.critic.layers, before.critic.layers):
+        same = all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights()))
+        if a.name in first:
+            assert same, a.name
+        elif a.get_weights():
+            assert not same, a.name
+    with pytest.raises(errors.SettingsError, match="needs --init_from"):
+        training.train(_config(tmp_path, patch_records, "no_prior", critic_frozen_stages=1))
+    assert not os.path.exists(tmp_path / "no_prior")
+
+
 def test_prior_on_the_private_data_is_refused(patch_records, tmp_path):
     prior = _config(tmp_path, patch_records, "leaky_prior", epsilon=float("inf"))
     training.train(prior)

@@ -176,7 +176,10 @@ def _prior_lines(card: dict) -> list:
         f"{prior['prior_critic_steps']} critic steps). That data must be public (e.g. the "
         "built-in phantom): then the prior costs no privacy and the guarantee above covers "
         "the private data alone; tfdpgan refused it if it shared any source file with this "
-        "run's data. Compare against the prior alone to see what the private data added.",
+        "run's data. Compare against the prior alone to see what the private data added."
+        + (f" The critic's first {prior['critic_frozen_stages']} stage(s) kept the prior's "
+           "weights throughout (not trained: constants independent of the private data); DP "
+           "trained and noised the rest." if prior.get("critic_frozen_stages") else ""),
         ""]
 
 

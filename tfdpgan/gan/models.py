@@ -13,7 +13,7 @@ import tensorflow as tf
 from tfdpgan.dp import spectral
 
 __all__ = ["MAX_STAGES", "BN_MOMENTUM", "CRITIC_NORMS", "GENERATOR_UPSAMPLES", "default_num_stages",
-           "build_generator", "build_critic"]
+           "build_generator", "build_critic", "freeze_critic_stages"]
 
 MAX_STAGES = 5
 # Generator BatchNorm: moving statistics (used at export/inference) must track the training
@@ -119,3 +119,23 @@ def build_critic(patch_size=96, base_filters=96, channels=2, num_stages=None,
     dense = spectral.SpectralDense if normalization == "spectral" else tf.keras.layers.Dense
     score = dense(1, dtype="float32")(x)
     return tf.keras.Model(patches, score, name="critic")
+
+
+def freeze_critic_stages(critic: tf.keras.Model, stages: int) -> int:
+    """Mark the first ``stages`` convolution stages of a build_critic critic (each Conv2D with
+    the normalisation after it) as not trainable; returns the trainable weights left.
+
+    Meant for DP fine-tuning from a public prior (Tramèr & Boneh 2021; Harder et al. 2023:
+    public features, private head): the frozen layers keep the prior's weights, so they are
+    data-independent constants. The DP step clips and noises only ``trainable_variables``
+    (tfdpgan.dp.clipping), so the noise norm sigma*C*sqrt(d) shrinks with the trainable
+    dimension d while the guarantee is unchanged. Call before any training step is built."""
+    convs = [layer for layer in critic.layers if isinstance(layer, tf.keras.layers.Conv2D)]
+    if not 0 <= stages <= len(convs):
+        raise ValueError(f"cannot freeze {stages} stages of a critic with {len(convs)}")
+    if stages:
+        stop = critic.layers.index(convs[stages]) if stages < len(convs) else next(
+            i for i, layer in enumerate(critic.layers) if isinstance(layer, tf.keras.layers.Flatten))
+        for layer in critic.layers[:stop]:
+            layer.trainable = False
+    return sum(int(tf.size(v)) for v in critic.trainable_variables)

@@ -55,6 +55,7 @@ class TrainConfig:
     base_filters: int = 16
     critic_norm: str = "group"               # models.CRITIC_NORMS: group (paper) | none
     generator_upsample: str = "transpose"    # models.GENERATOR_UPSAMPLES: transpose (paper) | resize
+    critic_frozen_stages: int = 0            # first k critic stages kept from --init_from
     # 5e-4: at 2e-4 the demo-size generator still made texture without vessels after
     # 2000 critic steps; 5e-4 / 3000 steps gives vessel-like bright structures with labels.
     # ema_decay 0.99: the released generator is an EMA of the last ~100 generator steps
@@ -101,6 +102,7 @@ def build_wgan(config: TrainConfig, patch_size: int, plan: privacy_card.Plan) ->
                                 config.generator_upsample)
     critic = models.build_critic(patch_size, config.base_filters,
                                  normalization=config.critic_norm)
+    models.freeze_critic_stages(critic, config.critic_frozen_stages)
     return wgan.WGAN(generator, critic, gan_config, seed=config.tf_seed)
 
 
@@ -295,9 +297,13 @@ def init_from_prior(gan: wgan.WGAN, prior_dir: str):
     if gan.ema_generator is not None:
         pairs.append((gan.ema_generator, prior.release_generator))
     for mine, theirs in pairs:
-        shapes = [w.shape for w in mine.weights], [w.shape for w in theirs.weights]
+        # layer by layer: a model's weight list puts frozen layers (--critic_frozen_stages)
+        # last, so the two models' lists need not be in the same order
+        shapes = ([[w.shape for w in layer.weights] for layer in mine.layers],
+                  [[w.shape for w in layer.weights] for layer in theirs.layers])
         if shapes[0] != shapes[1]:
             raise errors.SettingsError(
                 f"--init_from={prior_dir}: its {mine.name} has another architecture (patch "
                 f"size, --base_filters, --latent_dim or --generator_upsample differ)")
-        mine.set_weights(theirs.get_weights())
+        for layer, source in zip(mine.layers, theirs.layers):
+            layer.set_weights(source.get_weights())

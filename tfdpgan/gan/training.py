@@ -114,6 +114,11 @@ def check_settings(config: run_lib.TrainConfig):
             "TensorFlow's process-level random ops, which restart when a run resumes, so with a "
             "fixed seed a resumed run would repeat the noise of its first steps; drop --tf_seed "
             "or use --dp_backend=fast (its noise generator is checkpointed)")
+    if config.critic_frozen_stages and not config.init_from:
+        raise errors.SettingsError(
+            f"--critic_frozen_stages={config.critic_frozen_stages} keeps the first critic "
+            f"stages of a public prior fixed: it needs --init_from (frozen random layers are "
+            f"almost surely a mistake)")
     if config.private and not config.l2_norm_clip > 0:
         raise errors.SettingsError(f"l2_norm_clip must be positive for a private run, got "
                                    f"{config.l2_norm_clip} (a zero clip makes every step "
@@ -176,6 +181,8 @@ def _run(config, flags_text, rec_dir, info, arrays, plan, strategy, shared_dir=N
         # Keras initialisers without a seed draw one from Python's `random`: seed it too
         tf.keras.utils.set_random_seed(config.tf_seed)
     prior = run_lib.describe_prior(config.init_from, rec_dir) if config.init_from else None
+    if config.critic_frozen_stages:
+        prior["critic_frozen_stages"] = config.critic_frozen_stages
     with strategy.scope():
         gan = run_lib.build_wgan(config, info["patch_size"], plan)
     step = tf.Variable(0, dtype=tf.int64, name="critic_step")
