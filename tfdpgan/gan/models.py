@@ -127,9 +127,11 @@ def freeze_critic_stages(critic: tf.keras.Model, stages: int) -> int:
 
     Meant for DP fine-tuning from a public prior (Tramèr & Boneh 2021; Harder et al. 2023:
     public features, private head): the frozen layers keep the prior's weights, so they are
-    data-independent constants. The DP step clips and noises only ``trainable_variables``
-    (tfdpgan.dp.clipping), so the noise norm sigma*C*sqrt(d) shrinks with the trainable
-    dimension d while the guarantee is unchanged. Call before any training step is built."""
+    data-independent constants and the guarantee is unchanged. The DP step clips and noises
+    only ``trainable_variables`` (tfdpgan.dp.clipping): each record's clip budget C goes to
+    the trainable layers alone (at a prior, the first stages hold most of a record's gradient
+    norm, so the later ones got a small share of C against the same noise), and the noise
+    dimension shrinks. Call before any training step is built."""
     convs = [layer for layer in critic.layers if isinstance(layer, tf.keras.layers.Conv2D)]
     if not 0 <= stages <= len(convs):
         raise ValueError(f"cannot freeze {stages} stages of a critic with {len(convs)}")
