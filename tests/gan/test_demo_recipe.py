@@ -64,3 +64,20 @@ def test_public_prior_fits_the_demo(monkeypatch):
     # another site and other patients than the demo's private phantom, so --init_from accepts
     # it for the demo (a prior sharing source volumes is refused: tests/gan/test_recipe.py)
     assert prior.phantom.preset != demo.phantom.preset and prior.phantom.seed != demo.phantom.seed
+
+
+def test_fine_tuning_recipe_starts_from_the_public_prior(monkeypatch):
+    """flags/finetune_prior.cfg: the demo recipe, started from pretrain_phantom.cfg's workdir
+    with the same networks, and the critic stages it freezes exist and leave trainable weights
+    for DP to train."""
+    demo = _parse(monkeypatch)
+    prior = _parse(monkeypatch, "--flagfile=flags/pretrain_phantom.cfg")
+    fine = _parse(monkeypatch, "--flagfile=flags/finetune_prior.cfg")
+    assert fine.init_from == prior.workdir and fine.private and fine.epsilon == demo.epsilon
+    assert (fine.phantom, fine.batch_size, fine.critic_steps, fine.base_filters) == (
+        demo.phantom, demo.batch_size, demo.critic_steps, demo.base_filters)
+    assert fine.critic_frozen_stages > 0 and fine.generator_upsample == prior.generator_upsample
+    critic = models.build_critic(fine.phantom.patch_size, fine.base_filters,
+                                 normalization=fine.critic_norm)
+    total = critic.count_params()
+    assert 0 < models.freeze_critic_stages(critic, fine.critic_frozen_stages) < total

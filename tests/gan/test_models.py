@@ -89,3 +89,21 @@ def test_paper_parameter_counts():
     critic = models.build_critic(patch_size=96, base_filters=96)
     assert critic.count_params() == pytest.approx(25e6, rel=0.02)
     assert generator.count_params() == pytest.approx(28e6, rel=0.05)
+
+
+def test_freeze_critic_stages_counts_what_is_left():
+    """0 stages: everything trains; k stages: each frozen conv takes its GroupNorm along;
+    all stages: only the dense head is left; more stages than the critic has: refused."""
+    def critic():
+        return models.build_critic(patch_size=32, base_filters=4)
+    total = critic().count_params()
+    left = [models.freeze_critic_stages(critic(), k) for k in range(4)]
+    assert left[0] == total and left == sorted(left, reverse=True) and len(set(left)) == 4
+    assert left[3] == 4 * 4 * 16 + 1                    # Dense(1) on the 4x4x16 map
+    frozen = critic()
+    models.freeze_critic_stages(frozen, 2)
+    norms = [layer for layer in frozen.layers
+             if isinstance(layer, tf.keras.layers.GroupNormalization)]
+    assert [layer.trainable for layer in norms] == [False, True]
+    with pytest.raises(ValueError, match="cannot freeze 4 stages"):
+        models.freeze_critic_stages(critic(), 4)
