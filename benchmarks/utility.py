@@ -2,6 +2,8 @@
 
   python benchmarks/utility.py                      # ~2 h on a 2-core CPU; resumable per row
   python benchmarks/utility.py --quick --out_dir=/tmp/u   # minutes: every code path, tiny sizes
+  python benchmarks/utility.py --recipe=flags/finetune_prior.cfg --public_preset=site_b \
+      --private_preset=default --patient_cohort=48   # benchmarks/results/utility.txt (~50 min)
 
 Rows, all scored on the SAME held-out whole test volumes (the private site's test patients):
   real        the U-Net trained on the private site's real training patches (upper bound)
