@@ -128,6 +128,10 @@ def test_frozen_critic_stages_keep_the_prior_and_cost_no_privacy(patch_records, 
     with pytest.raises(errors.SettingsError, match="needs --init_from"):
         training.train(_config(tmp_path, patch_records, "no_prior", critic_frozen_stages=1))
     assert not os.path.exists(tmp_path / "no_prior")
+    with pytest.raises(errors.SettingsError, match=r"critic_frozen_stages=9.* has \d stages"):
+        training.train(_config(tmp_path, patch_records, "too_many", init_from=prior.workdir,
+                               critic_frozen_stages=9))
+    assert not os.path.exists(tmp_path / "too_many")
 
 
 def test_prior_on_the_private_data_is_refused(patch_records, tmp_path):

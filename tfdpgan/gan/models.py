@@ -136,8 +136,8 @@ def freeze_critic_stages(critic: tf.keras.Model, stages: int) -> int:
     if not 0 <= stages <= len(convs):
         raise ValueError(f"cannot freeze {stages} stages of a critic with {len(convs)}")
     if stages:
-        stop = critic.layers.index(convs[stages]) if stages < len(convs) else next(
-            i for i, layer in enumerate(critic.layers) if isinstance(layer, tf.keras.layers.Flatten))
-        for layer in critic.layers[:stop]:
+        ends = convs[1:] + [next(layer for layer in critic.layers
+                                 if isinstance(layer, tf.keras.layers.Flatten))]
+        for layer in critic.layers[:critic.layers.index(ends[stages - 1])]:
             layer.trainable = False
     return sum(int(tf.size(v)) for v in critic.trainable_variables)

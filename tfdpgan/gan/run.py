@@ -54,7 +54,7 @@ class TrainConfig:
     critic_steps_per_generator_step: int = 5
     base_filters: int = 16
     critic_norm: str = "group"               # models.CRITIC_NORMS: group (paper) | none
-    generator_upsample: str = "transpose"    # models.GENERATOR_UPSAMPLES: transpose (paper) | resize
+    generator_upsample: str = "transpose"    # models.GENERATOR_UPSAMPLES: transpose | resize
     critic_frozen_stages: int = 0            # first k critic stages kept from --init_from
     # 5e-4: at 2e-4 the demo-size generator still made texture without vessels after
     # 2000 critic steps; 5e-4 / 3000 steps gives vessel-like bright structures with labels.

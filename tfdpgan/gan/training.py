@@ -69,7 +69,7 @@ from tfdpgan import atomic, distribute, errors, viz, workdir
 from tfdpgan.data import default_data, pipeline, records
 from tfdpgan.dp import accounting
 from tfdpgan.dp import card as privacy_card
-from tfdpgan.gan import export, run as run_lib, schedule as schedule_lib, wgan
+from tfdpgan.gan import export, models, run as run_lib, schedule as schedule_lib, wgan
 
 __all__ = ["train", "batches", "finish", "check_settings", "discarded_steps",
            "DP_SAFE_SCALARS", "PRIVATE_SCALARS", "Writers"]
@@ -142,6 +142,11 @@ def train(config: run_lib.TrainConfig, flags_text: str = "") -> dict:
     strategy = distribute.make_strategy(config.strategy, config.cpu_devices)  # before any op
     rec_dir = config.data or default_data.prepare(config.phantom, config.cache_dir)[1]
     info = records.read_dataset_json(rec_dir)
+    stages = models.default_num_stages(info["patch_size"])
+    if not 0 <= config.critic_frozen_stages <= stages:
+        raise errors.SettingsError(f"--critic_frozen_stages={config.critic_frozen_stages}: the "
+                                   f"critic of {info['patch_size']}x{info['patch_size']} patches "
+                                   f"has {stages} stages")
     arrays = pipeline.load_arrays(rec_dir, "train")
     plan = privacy_card.make_plan(
         num_records=_num_records(config, info, arrays), expected_batch_size=config.batch_size,
