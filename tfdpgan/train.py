@@ -77,7 +77,8 @@ def define_flags(fv: flags.FlagValues = FLAGS):
                      "(Conv2DTranspose, the paper) or resize (nearest + Conv2D 3x3).")
     fdef.DEFINE_integer("critic_frozen_stages", d.critic_frozen_stages, "Keep the first K "
                         "critic stages of the --init_from prior fixed (public features); DP "
-                        "trains and noises only the rest, so the noise dimension shrinks.")
+                        "clips and noises only the rest, which then gets each record's whole "
+                        "clip budget.")
     fdef.DEFINE_float("instance_noise", g.instance_noise, "Std of Gaussian noise added to every "
                       "real and fake pair the critic sees (both channels; 0 = off).")
     fdef.DEFINE_integer("latent_dim", g.latent_dim, "Latent dimension.")
