@@ -150,7 +150,7 @@ def _cards(tmp):
     """Privacy cards of short runs on the default phantom under each layout."""
     common = [sys.executable, "-m", "tfdpgan.train", "--epsilon=3",
               f"--critic_steps={FLAGS.card_steps}", "--base_filters=4", "--latent_dim=8",
-              "--checkpoint_every=1000", "--sampling_seed=1"]
+              "--checkpoint_every=1000", "--sampling_seed=1", "--init_from="]
     cards = {}
     for name, extra in (("default", []), ("mirrored", ["--strategy=mirrored",
                                                        "--cpu_devices=2"])):

@@ -42,6 +42,10 @@ def define_flags(fv: flags.FlagValues = FLAGS, sweep: bool = False):
                        "real training patches (upper-bound row).")
     fdef.DEFINE_boolean("threshold_baseline", d.threshold_baseline, "Also report a global "
                         "intensity threshold chosen on the validation set.")
+    fdef.DEFINE_boolean("prior_row", d.prior_row, "When the run started from a public prior "
+                        "(train --init_from, e.g. the built-in one), also train the U-Net on "
+                        "the prior's samples alone: what the prior knew before any private "
+                        "data, so DP fine-tuning is not credited with it.")
     fdef.DEFINE_enum("selection", d.selection, list(config_lib.SELECTIONS), "synthetic_val: "
                      "select on held-out synthetic patches (privacy-free, the default); "
                      "real_val: on the real validation patients' whole volumes (the paper; "
@@ -96,7 +100,8 @@ def config_from_flags(fv: flags.FlagValues = FLAGS, **overrides) -> config_lib.E
     grid = "" if fv["unet_lr"].present and not fv["grid"].present else fv.grid
     values = dict(
         synthetic=fv.synthetic, num_synthetic=fv.num_synthetic, real_train=fv.real_train,
-        threshold_baseline=fv.threshold_baseline, selection=fv.selection,
+        threshold_baseline=fv.threshold_baseline, prior_row=fv.prior_row,
+        selection=fv.selection,
         synthetic_val_fraction=fv.synthetic_val_fraction, grid=grid, unet=base,
         label_threshold=fv.label_threshold, overlap=fv.overlap,
         selection_overlap=fv.selection_overlap, fid=fv.fid, fid_weights=fv.fid_weights,

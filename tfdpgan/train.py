@@ -16,7 +16,7 @@ from absl import flags
 from tfdpgan import cli, distribute, paths, workdir as workdir_lib
 from tfdpgan.data import default_data, phantom as phantom_lib
 from tfdpgan.dp import card as privacy_card, step
-from tfdpgan.gan import models, run, training, wgan
+from tfdpgan.gan import models, priors, run, training, wgan
 
 FLAGS = flags.FLAGS
 
@@ -66,19 +66,21 @@ def define_flags(fv: flags.FlagValues = FLAGS):
     fdef.DEFINE_integer("max_n_critic", d.max_n_critic, "Upper bound of the adaptive n_critic.")
     fdef.DEFINE_float("ema_decay", g.ema_decay, "Export an exponential moving average of the "
                       "generator with this decay (e.g. 0.999; 0 = off). Post-processing: free.")
-    fdef.DEFINE_string("init_from", None, "Start generator and critic from the latest "
-                       "checkpoint of this workdir, a run on PUBLIC data (e.g. "
-                       "flags/pretrain_phantom.cfg); stated on the privacy card.")
+    fdef.DEFINE_string("init_from", priors.BUILTIN, "Start generator and critic from a "
+                       "public prior: 'builtin' (tfdpgan's own, trained without DP on the "
+                       "phantom; fits the demo's networks: 32x32 patches, --base_filters=16), "
+                       "the workdir of a run on PUBLIC data (e.g. flags/pretrain_phantom.cfg), "
+                       "or '' for none (random initialisation). Stated on the privacy card.")
     fdef.DEFINE_integer("base_filters", d.base_filters, "Width of both networks (paper: 96).")
     fdef.DEFINE_enum("critic_norm", d.critic_norm, list(models.CRITIC_NORMS), "Critic "
                      "normalisation: group (GroupNorm, the paper) or none (Bie et al. 2023).")
     fdef.DEFINE_enum("generator_upsample", d.generator_upsample,
                      list(models.GENERATOR_UPSAMPLES), "Generator upsampling: transpose "
                      "(Conv2DTranspose, the paper) or resize (nearest + Conv2D 3x3).")
-    fdef.DEFINE_integer("critic_frozen_stages", d.critic_frozen_stages, "Keep the first K "
-                        "critic stages of the --init_from prior fixed (public features); DP "
-                        "clips and noises only the rest, which then gets each record's whole "
-                        "clip budget.")
+    fdef.DEFINE_integer("critic_frozen_stages", None, "Keep the first K critic stages of the "
+                        "--init_from prior fixed (public features); DP clips and noises only "
+                        "the rest, which then gets each record's whole clip budget (default: "
+                        f"{priors.DEFAULT_FROZEN_STAGES} with a prior, 0 without).")
     fdef.DEFINE_float("instance_noise", g.instance_noise, "Std of Gaussian noise added to every "
                       "real and fake pair the critic sees (both channels; 0 = off).")
     fdef.DEFINE_integer("latent_dim", g.latent_dim, "Latent dimension.")
@@ -134,6 +136,10 @@ def define_flags(fv: flags.FlagValues = FLAGS):
 
 def config_from_flags(fv: flags.FlagValues = FLAGS) -> run.TrainConfig:
     eps = fv.epsilon
+    init_from = fv.init_from or None
+    frozen = fv.critic_frozen_stages
+    if frozen is None:
+        frozen = priors.DEFAULT_FROZEN_STAGES if init_from else 0
     workdir = fv.workdir or paths.default_workdir(eps)
     phantom_config = default_data.PhantomDataConfig(
         num_patients=fv.phantom_patients, num_test=fv.phantom_test,
@@ -155,11 +161,11 @@ def config_from_flags(fv: flags.FlagValues = FLAGS) -> run.TrainConfig:
         batch_size=fv.batch_size, critic_steps=fv.critic_steps,
         critic_steps_per_generator_step=fv.n_critic, base_filters=fv.base_filters,
         critic_norm=fv.critic_norm, generator_upsample=fv.generator_upsample,
-        critic_frozen_stages=fv.critic_frozen_stages,
+        critic_frozen_stages=frozen,
         gan=gan_config, summary_every=fv.summary_every, image_every=fv.image_every,
         checkpoint_every=fv.checkpoint_every, sampling_seed=fv.sampling_seed,
         tf_seed=fv.tf_seed, adaptive_n_critic=fv.adaptive_n_critic,
-        max_n_critic=fv.max_n_critic, init_from=fv.init_from,
+        max_n_critic=fv.max_n_critic, init_from=init_from,
         epsilon_and_noise_given=bool(fv["epsilon"].present and fv["noise_multiplier"].present),
         log_private_stats=fv.log_private_stats, strategy=fv.strategy,
         cpu_devices=fv.cpu_devices)

@@ -75,7 +75,8 @@ def test_two_worker_training_has_the_single_device_card(tiny_dataset, tmp_path):
     argv = [sys.executable, "-m", "tfdpgan.train", f"--data={tiny_dataset[1]}",
             f"--workdir={multi}", "--strategy=multi_worker", "--epsilon=3",
             f"--batch_size={TINY['batch_size']}", f"--critic_steps={steps}", "--n_critic=2",
-            "--base_filters=4", "--latent_dim=8", "--checkpoint_every=5", "--tf_seed=0"]
+            "--base_filters=4", "--latent_dim=8", "--checkpoint_every=5", "--tf_seed=0",
+            "--init_from="]
     _run_workers(argv, tmp_path)
 
     def card(w):

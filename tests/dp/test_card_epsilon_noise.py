@@ -112,7 +112,8 @@ def test_command_line_refuses_a_disagreeing_pair(patch_records, tmp_path):
     workdir = str(tmp_path / "w")
     done = subprocess.run([sys.executable, "-m", "tfdpgan.train", f"--data={patch_records}",
                            f"--workdir={workdir}", "--critic_steps=200", "--batch_size=20",
-                           "--epsilon=1", "--noise_multiplier=0.5"], cwd=ROOT,
+                           "--epsilon=1", "--noise_multiplier=0.5", "--init_from="],
+                          cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     printed = [line for line in done.stderr.splitlines() if line.startswith("error:")]

@@ -63,7 +63,8 @@ def test_zero_clip_is_refused_before_the_workdir_exists(patch_records, tmp_path)
 def test_command_line_refuses_with_one_message(patch_records, tmp_path, flag):
     workdir = str(tmp_path / "w")
     done = subprocess.run([sys.executable, "-m", "tfdpgan.train", f"--data={patch_records}",
-                           f"--workdir={workdir}", "--critic_steps=2", flag], cwd=ROOT,
+                           f"--workdir={workdir}", "--critic_steps=2", "--init_from=", flag],
+                          cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     errors_printed = [l for l in done.stderr.splitlines() if l.startswith("error:")]

@@ -41,7 +41,8 @@ def test_sigterm_writes_a_checkpoint_and_the_run_resumes(patch_records, tmp_path
     cmd = [sys.executable, "-m", "tfdpgan.train", f"--data={patch_records}", f"--workdir={w}",
            "--epsilon=3", "--batch_size=20", "--critic_steps=300", "--n_critic=2",
            "--base_filters=4", "--latent_dim=8", "--checkpoint_every=1000",
-           "--summary_every=1000", "--image_every=1000", "--sampling_seed=3"]
+           "--summary_every=1000", "--image_every=1000", "--sampling_seed=3",
+           "--init_from="]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     events = workdir.path(w, workdir.TENSORBOARD)

@@ -28,7 +28,8 @@ def _command(rec_dir, run_dir):
     return [sys.executable, "-m", "tfdpgan.train", f"--data={rec_dir}", f"--workdir={run_dir}",
             "--epsilon=3", "--batch_size=20", f"--critic_steps={STEPS}", "--n_critic=2",
             "--base_filters=4", "--latent_dim=8", "--checkpoint_every=5",
-            "--summary_every=10", "--image_every=20", "--sampling_seed=3", "--tf_seed=0"]
+            "--summary_every=10", "--image_every=20", "--sampling_seed=3", "--tf_seed=0",
+            "--init_from="]
 
 
 def _start(cmd):

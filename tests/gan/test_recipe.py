@@ -147,8 +147,9 @@ def test_prior_with_another_architecture_is_refused(patch_records, tiny_dataset,
                     base_filters=8)
     training.train(prior)
     config = _config(tmp_path, patch_records, "fine", init_from=prior.workdir)
-    with pytest.raises(errors.SettingsError, match="architecture"):
+    with pytest.raises(errors.SettingsError, match="base_filters=8.*this run.*base_filters=4"):
         training.train(config)
+    assert not os.path.exists(config.workdir)      # refused before any folder
 
 
 @pytest.mark.parametrize("loss", ["hinge", "ns"])

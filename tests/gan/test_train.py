@@ -182,7 +182,8 @@ def _train_cmd(data, workdir, steps):
     return [sys.executable, "-m", "tfdpgan.train", f"--data={data}", f"--workdir={workdir}",
             "--epsilon=3", "--batch_size=20", f"--critic_steps={steps}", "--n_critic=2",
             "--base_filters=4", "--latent_dim=8", "--checkpoint_every=10",
-            "--summary_every=1000", "--image_every=1000", "--sampling_seed=11", "--tf_seed=0"]
+            "--summary_every=1000", "--image_every=1000", "--sampling_seed=11", "--tf_seed=0",
+            "--init_from="]
 
 
 @pytest.mark.slow

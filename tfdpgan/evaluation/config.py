@@ -41,6 +41,7 @@ class EvalConfig:
     num_synthetic: int = 4000
     real_train: Optional[str] = None          # TFRecord folder: extra row on real patches
     threshold_baseline: bool = True          # the bar a synthetic U-Net has to clear
+    prior_row: bool = True                    # the run's public prior alone (if it had one)
     selection: str = "synthetic_val"
     synthetic_val_fraction: float = 0.1
     grid: str = DEFAULT_GRID                  # e.g. "lr=1e-4,3e-4;dropout=0,0.1;augment=0,1"

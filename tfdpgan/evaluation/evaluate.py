@@ -110,6 +110,8 @@ def select(config: EvalConfig, run: inputs.Run, timing: dict) -> Selected:
         t = time.time()
         train_sets["synthetic"] = inputs.synthetic_arrays(config, run)
         timing["synthetic_seconds"] = time.time() - t
+    if run.prior:
+        train_sets["prior"] = inputs.prior_arrays(config, run)
     if config.real_train:
         train_sets["real_train"] = inputs.real_arrays(config.real_train, run.patch_size)
     models_root = workdir.path(config.workdir, selection.MODELS_DIR)
@@ -240,11 +242,12 @@ def compute_fid(config: EvalConfig, run: inputs.Run, cases, network, test_images
                                             "network": network.name}),
             "fid_network": network.name}
     n_syn = None
-    if "synthetic" in sel.train_sets:
-        syn = sel.train_sets["synthetic"][0]
-        n_syn = min(len(syn), config.fid_samples)
-        a_syn = fid_cache.cached_activations(network, np.asarray(syn[:n_syn]), None, None)
-        info["fid"] = float(fid_cache.distance.frechet_distance(a_syn, a_test))
+    for row, key in (("synthetic", "fid"), ("prior", "fid_prior")):
+        if row in sel.train_sets:
+            syn = sel.train_sets[row][0]
+            n_syn = min(len(syn), config.fid_samples)
+            a_syn = fid_cache.cached_activations(network, np.asarray(syn[:n_syn]), None, None)
+            info[key] = float(fid_cache.distance.frechet_distance(a_syn, a_test))
     info["fid_samples"] = {"synthetic": n_syn, "real_test": int(len(test_images)),
                            "real_train": int(len(pick))}
     return info
@@ -263,6 +266,9 @@ def _report(config, run, cases, test_where, sel: Selected, per_patient, fid_info
         rows["real_train"]["fid"] = fid_info["fid_real_floor"] if _same_data(config, run) else None
     if "synthetic" in rows:
         rows["synthetic"]["fid"] = fid_info["fid"]
+    if "prior" in rows:
+        rows["prior"]["fid"] = fid_info.get("fid_prior")
+        rows["prior"]["source"] = run.prior
     real_val = config.selection == "real_val"
     primary_selection = dict(
         sel.selections[sel.primary], uses_private_data=real_val,

@@ -15,10 +15,11 @@ import numpy as np
 from tfdpgan import errors, workdir
 from tfdpgan.data import patches, pipeline, records, volumes
 from tfdpgan.evaluation.config import EvalConfig
-from tfdpgan.gan import export, sample
+from tfdpgan.gan import export, priors, sample
 
 __all__ = ["Run", "load_run", "read_json_or_none", "read_dataset", "split_cases",
-           "check_exists", "test_cases", "synthetic_arrays", "binarize_labels", "real_arrays",
+           "check_exists", "test_cases", "synthetic_arrays", "prior_arrays", "binarize_labels",
+           "real_arrays",
            "normalised"]
 
 
@@ -30,6 +31,8 @@ class Run:
     card: Optional[dict]           # privacy card of the generator (None: no generator)
     generator_dir: Optional[str]   # None when training on --synthetic or only baselines
     source_sha256: Optional[str]   # identity of the synthetic source (generator or folder)
+    prior: Optional[str] = None    # the generator's public prior (--init_from), if any
+    prior_sha256: Optional[str] = None   # identity of the prior's released generator
 
 
 def read_json_or_none(path: str) -> Optional[dict]:
@@ -109,8 +112,27 @@ def load_run(config: EvalConfig) -> Run:
     run_card = workdir.path(config.workdir, workdir.PRIVACY_JSON)
     if card is None and os.path.isfile(run_card):
         card = read_json_or_none(run_card)
+    prior, prior_sha = _prior_source(config) if generator_dir else (None, None)
     return Run(os.path.abspath(rec_dir), info, int(info["patch_size"]), card, generator_dir,
-               source_sha)
+               source_sha, prior, prior_sha)
+
+
+def _prior_source(config: EvalConfig):
+    """(source, identity) of the public prior the run started from (run.json's init_from;
+    (None, None) without one, or with ``prior_row`` off)."""
+    source = (workdir.read_run(config.workdir).get("init_from")
+              if config.prior_row and workdir.has_run(config.workdir) else None)
+    if not source:
+        return None, None
+    if priors.is_builtin(source):
+        return source, priors.read_builtin()["weights_sha256"]
+    generator_dir = workdir.path(source, workdir.GENERATOR)
+    if not os.path.isfile(os.path.join(generator_dir, "saved_model.pb")):
+        raise errors.EvaluationError(
+            f"{config.workdir} started from the public prior {source}, but {generator_dir} "
+            f"holds no exported generator (run from the folder the run was started in, or "
+            f"pass --noprior_row to leave the prior's own row out)")
+    return source, _sha256_files(_tree_files(generator_dir), generator_dir)
 
 
 def split_cases(info: dict, split: str) -> List[volumes.Case]:
@@ -180,6 +202,17 @@ def synthetic_arrays(config: EvalConfig, run: Run) -> Tuple[np.ndarray, np.ndarr
                 f"{run.generator_dir}: generator patch size {patch} differs from the data "
                 f"set's {run.patch_size} ({run.rec_dir})")
         images, labels = sample.generate(fn, latent_dim, config.num_synthetic, config.seed)
+    return images, binarize_labels(labels, config.label_threshold)
+
+
+def prior_arrays(config: EvalConfig, run: Run) -> Tuple[np.ndarray, np.ndarray]:
+    """(images, labels) sampled from the run's public prior alone, like synthetic_arrays:
+    the row that shows what the prior knew before any private data."""
+    fn, latent_dim, patch = priors.sampler(run.prior)
+    if patch != run.patch_size:
+        raise errors.EvaluationError(f"the prior {run.prior}: generator patch size {patch} "
+                                     f"differs from the data set's {run.patch_size}")
+    images, labels = sample.generate(fn, latent_dim, config.num_synthetic, config.seed)
     return images, binarize_labels(labels, config.label_threshold)
 
 

@@ -47,6 +47,7 @@ PRIVACY_NOTE_TEST = (
     "use; it is not covered by the generator's privacy guarantee.")
 EMPTY_LABELS = 1e-4     # vessel share of training labels below which the report warns
 ROW_TITLES = {"synthetic": "U-Net trained on synthetic data",
+              "prior": "U-Net trained on the public prior's samples alone (no private data)",
               "real_train": "U-Net trained on real training patches (upper bound)",
               "threshold": "global intensity threshold (chosen on validation)"}
 

@@ -85,13 +85,13 @@ def row_key(config: EvalConfig, run: Run, row: str) -> str:
     """Identity of a trained+selected U-Net: everything its weights depend on."""
     identity = {
         "row": row, "data": run.rec_dir, "data_created": run.info.get("created"),
-        "source_sha256": run.source_sha256 if row == "synthetic" else None,
+        "source_sha256": {"synthetic": run.source_sha256, "prior": run.prior_sha256}.get(row),
         "real_train": [os.path.abspath(config.real_train),
                        read_dataset(config.real_train, "--real_train").get("created")]
         if row == "real_train" else None,
-        "num_synthetic": config.num_synthetic if row == "synthetic" and not config.synthetic
-        else None,
-        "label_threshold": config.label_threshold if row == "synthetic" else None,
+        "num_synthetic": config.num_synthetic if row == "prior" or (
+            row == "synthetic" and not config.synthetic) else None,
+        "label_threshold": config.label_threshold if row in ("synthetic", "prior") else None,
         "selection": config.selection, "selection_overlap": config.selection_overlap,
         "synthetic_val_fraction": config.synthetic_val_fraction, "grid": config.grid,
         "unet": dataclasses.asdict(config.unet), "seed": config.seed,

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from tfdpgan import atomic, errors, workdir
 
-__all__ = ["export_generator", "load_generator", "copy_release"]
+__all__ = ["export_generator", "load_generator", "serving_function", "copy_release"]
 
 
 class _Sampler(tf.Module):
@@ -57,6 +57,11 @@ def export_generator(generator: tf.keras.Model, out_dir: str, extra_json: dict =
         os.makedirs(extra, exist_ok=True)
         for name, obj in (extra_json or {}).items():
             atomic.write_json_atomic(os.path.join(extra, name), obj)
+
+
+def serving_function(generator: tf.keras.Model, latent_dim: int):
+    """The exported signature's function, in process: ``fn(latent=z)`` -> {image, label}."""
+    return _Sampler(generator, latent_dim).serve
 
 
 def load_generator(path: str):

@@ -20,8 +20,7 @@ from tfdpgan.gan import export, models, wgan
 
 __all__ = ["TrainConfig", "group_size", "build_generator", "build_wgan", "make_checkpoint",
            "run_record", "data_fingerprint", "check_same_run", "config_from_run", "plan_from_run",
-           "restore", "release_assets", "export_from_workdir", "init_from_prior",
-           "describe_prior"]
+           "restore", "release_assets", "export_from_workdir"]
 
 # Settings that do not change what a run computes: logging cadence and content, and whether ε and σ were
 # both given (it only decides whether a disagreeing pair is refused; a run that starts has
@@ -259,51 +258,3 @@ def export_from_workdir(run_dir: str) -> str:
     if not workdir.is_flat(run_dir):
         workdir.secure(out)
     return out
-
-
-def _source_checksums(info: dict) -> set:
-    """SHA-256s of the source images and labels (masks are often shared templates)."""
-    return {h for p in info.get("patients", {}).values()
-            for role, h in (p.get("sha256") or {}).items() if role in ("image", "label")}
-
-
-def describe_prior(prior_dir: str, rec_dir: str) -> dict:
-    """What the card says about a public prior: its workdir, data folder and own card.
-
-    Refuses a prior trained on any of this run's source volumes (same SHA-256): such a
-    "prior" would have seen the private data outside the DP mechanism."""
-    prior_run = workdir.read_run(prior_dir)
-    prior_info = records.read_dataset_json(prior_run["data"])
-    shared = _source_checksums(prior_info) & _source_checksums(records.read_dataset_json(
-        rec_dir))
-    if os.path.abspath(prior_run["data"]) == os.path.abspath(rec_dir) or shared:
-        raise errors.SettingsError(
-            f"--init_from={prior_dir} was trained on {prior_run['data']}, which shares "
-            f"{len(shared) or 'all'} source files with this run's private data; a prior must "
-            f"come from public data (e.g. the built-in phantom)")
-    prior_card = workdir.read_card(prior_dir)
-    # folder NAMES only: the card is released, and absolute paths tell about the institution
-    return {"workdir": os.path.basename(os.path.abspath(prior_dir)),
-            "data": os.path.basename(os.path.normpath(prior_run["data"])),
-            "prior_private": prior_card["private"], "prior_epsilon": prior_card["epsilon"],
-            "prior_critic_steps": prior_card["critic_steps"]}
-
-
-def init_from_prior(gan: wgan.WGAN, prior_dir: str):
-    """Copy the generator and critic weights (not the optimizers, not the seed) of the prior
-    run's latest checkpoint into ``gan``. Architectures must match."""
-    _, prior, _ = restore(prior_dir)
-    pairs = [(gan.generator, prior.generator), (gan.critic, prior.critic)]
-    if gan.ema_generator is not None:
-        pairs.append((gan.ema_generator, prior.release_generator))
-    for mine, theirs in pairs:
-        # layer by layer: a model's weight list puts frozen layers (--critic_frozen_stages)
-        # last, so the two models' lists need not be in the same order
-        shapes = ([[w.shape for w in layer.weights] for layer in mine.layers],
-                  [[w.shape for w in layer.weights] for layer in theirs.layers])
-        if shapes[0] != shapes[1]:
-            raise errors.SettingsError(
-                f"--init_from={prior_dir}: its {mine.name} has another architecture (patch "
-                f"size, --base_filters, --latent_dim or --generator_upsample differ)")
-        for layer, source in zip(mine.layers, theirs.layers):
-            layer.set_weights(source.get_weights())

@@ -69,7 +69,8 @@ from tfdpgan import atomic, distribute, errors, viz, workdir
 from tfdpgan.data import default_data, pipeline, records
 from tfdpgan.dp import accounting
 from tfdpgan.dp import card as privacy_card
-from tfdpgan.gan import export, models, run as run_lib, schedule as schedule_lib, wgan
+from tfdpgan.gan import (export, models, priors, run as run_lib, schedule as schedule_lib,
+                         wgan)
 
 __all__ = ["train", "batches", "finish", "check_settings", "discarded_steps",
            "DP_SAFE_SCALARS", "PRIVATE_SCALARS", "Writers"]
@@ -147,6 +148,9 @@ def train(config: run_lib.TrainConfig, flags_text: str = "") -> dict:
         raise errors.SettingsError(f"--critic_frozen_stages={config.critic_frozen_stages}: the "
                                    f"critic of {info['patch_size']}x{info['patch_size']} patches "
                                    f"has {stages} stages")
+    if config.init_from:   # a prior that saw this data, or does not fit, is refused here
+        priors.describe(config.init_from, rec_dir)
+        priors.check_fits(config.init_from, priors.networks(config, info["patch_size"]))
     arrays = pipeline.load_arrays(rec_dir, "train")
     plan = privacy_card.make_plan(
         num_records=_num_records(config, info, arrays), expected_batch_size=config.batch_size,
@@ -185,7 +189,7 @@ def _run(config, flags_text, rec_dir, info, arrays, plan, strategy, shared_dir=N
     if config.tf_seed is not None:
         # Keras initialisers without a seed draw one from Python's `random`: seed it too
         tf.keras.utils.set_random_seed(config.tf_seed)
-    prior = run_lib.describe_prior(config.init_from, rec_dir) if config.init_from else None
+    prior = priors.describe(config.init_from, rec_dir) if config.init_from else None
     if config.critic_frozen_stages:
         prior["critic_frozen_stages"] = config.critic_frozen_stages
     with strategy.scope():
@@ -202,7 +206,7 @@ def _run(config, flags_text, rec_dir, info, arrays, plan, strategy, shared_dir=N
     if latest:
         _resume(manager, latest, gan, step, seed, schedule)
     elif config.init_from:
-        run_lib.init_from_prior(gan, config.init_from)
+        priors.load_into(gan, config.init_from)
         logging.info("initialised generator and critic from %s (public prior)",
                      config.init_from)
     # every process samples with the chief's seed (a collective, not a file)
@@ -453,7 +457,7 @@ def _write_images(writer, gan, s, n):
 def finish(run_dir, gan, config, plan, steps_run, info, writers, prior=None,
            discarded=None) -> dict:
     """Privacy card, samples.png and the exported generator, from the steps actually run.
-    ``writers``: Writers. ``prior``: run_lib.describe_prior of the public prior the run
+    ``writers``: Writers. ``prior``: priors.describe of the public prior the run
     started from, if any. ``discarded``: steps rolled back after a divergence (default: read
     from ``run_dir``'s ledger)."""
     card = privacy_card.make_card(
