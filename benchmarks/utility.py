@@ -106,7 +106,8 @@ def _train(config, name):
 
 
 def _evaluate(run_dir, test_nifti, **kwargs):
-    config = EvalConfig(workdir=run_dir, test_data=test_nifti,
+    # prior_row=False: the benchmark scores its prior once, as a row of its own
+    config = EvalConfig(workdir=run_dir, test_data=test_nifti, prior_row=False,
                         num_synthetic=200 if FLAGS.quick else FLAGS.num_synthetic,
                         fid=FLAGS.fid_samples > 0 and not FLAGS.quick,
                         fid_samples=max(FLAGS.fid_samples, 2), **kwargs)

@@ -10,3 +10,16 @@ CARD_KEYS = {"private", "privacy_unit", "epsilon", "delta", "target_epsilon", "a
              "epsilon_rdp", "epsilon_pld", "noise_multiplier", "l2_norm_clip", "sampling",
              "sampling_rate", "expected_batch_size", "num_records", "critic_steps",
              "patches_per_patient", "tfdpgan_version"}
+
+
+def parse_train_flags(monkeypatch, *argv):
+    """The TrainConfig that ``python -m tfdpgan.train ARGV`` would run, parsed on a fresh
+    FlagValues from the repository root (flagfile paths are relative to it)."""
+    import os
+    from absl import flags as absl_flags
+    from tfdpgan import train as train_command
+    fv = absl_flags.FlagValues()
+    train_command.define_flags(fv)
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    fv(["train", *argv])
+    return train_command.config_from_flags(fv)

@@ -1,29 +1,16 @@
 """The demo recipe (flags/demo.cfg, issue #11): what it trains, and what it leaves unchanged."""
-import os
-
 import pytest
-from absl import flags as absl_flags
 
-from tfdpgan import train as train_command
 from tfdpgan.dp import card as privacy_card, clipping
 from tfdpgan.evaluation import config as eval_config, stitching
 from tfdpgan.gan import models
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _parse(monkeypatch, *argv):
-    fv = absl_flags.FlagValues()
-    train_command.define_flags(fv)
-    monkeypatch.chdir(ROOT)
-    fv(["train", *argv])
-    return train_command.config_from_flags(fv)
+from tiny import parse_train_flags
 
 
 def test_demo_recipe_fits_the_evaluation(monkeypatch):
     """32x32 patches: the default evaluation U-Net (depth 4) and the whole-volume tiling take
     them, and the demo critic has no cross-example layer (per-example clipping holds)."""
-    config = _parse(monkeypatch, "--flagfile=flags/demo.cfg")
+    config = parse_train_flags(monkeypatch, "--flagfile=flags/demo.cfg")
     patch = config.phantom.patch_size
     assert patch == 32 and config.batch_size == 256 and config.gan.ema_decay == 0.99
     assert patch % 2**eval_config.DEFAULT_UNET.depth == 0
@@ -36,7 +23,7 @@ def test_demo_recipe_fits_the_evaluation(monkeypatch):
 
 def test_demo_plan_at_epsilon_3(monkeypatch):
     """N = 18 x 500 training patches, 256 expected per step, 3000 steps within ε = 3."""
-    config = _parse(monkeypatch, "--flagfile=flags/demo.cfg")
+    config = parse_train_flags(monkeypatch, "--flagfile=flags/demo.cfg")
     plan = privacy_card.make_plan(num_records=9000, expected_batch_size=config.batch_size,
                                   critic_steps=config.critic_steps, epsilon=config.epsilon,
                                   accountant=config.accountant)
@@ -49,14 +36,14 @@ def test_demo_plan_at_epsilon_3(monkeypatch):
 @pytest.mark.parametrize("cfg", ["paper_wgan.cfg", "paper_dp.cfg", "leaky_reference.cfg"])
 def test_reference_recipes_keep_the_raw_generator(monkeypatch, cfg):
     """The paper's reproduction and the other references do not inherit the demo's EMA."""
-    assert _parse(monkeypatch, f"--flagfile=flags/{cfg}").gan.ema_decay == 0.0
+    assert parse_train_flags(monkeypatch, f"--flagfile=flags/{cfg}").gan.ema_decay == 0.0
 
 
 def test_public_prior_fits_the_demo(monkeypatch):
     """A demo run can start from the public prior (--init_from needs the same networks), and
     the prior is non-private public-data training."""
-    demo = _parse(monkeypatch)
-    prior = _parse(monkeypatch, "--flagfile=flags/pretrain_phantom.cfg")
+    demo = parse_train_flags(monkeypatch)
+    prior = parse_train_flags(monkeypatch, "--flagfile=flags/pretrain_phantom.cfg")
     assert not prior.private and prior.epsilon == float("inf")
     assert prior.phantom.patch_size == demo.phantom.patch_size
     assert (prior.base_filters, prior.gan.latent_dim, prior.critic_norm) == (
@@ -70,9 +57,9 @@ def test_fine_tuning_recipe_starts_from_the_public_prior(monkeypatch):
     """flags/finetune_prior.cfg: the demo recipe, started from pretrain_phantom.cfg's workdir
     with the same networks, and the critic stages it freezes exist and leave trainable weights
     for DP to train."""
-    demo = _parse(monkeypatch)
-    prior = _parse(monkeypatch, "--flagfile=flags/pretrain_phantom.cfg")
-    fine = _parse(monkeypatch, "--flagfile=flags/finetune_prior.cfg")
+    demo = parse_train_flags(monkeypatch)
+    prior = parse_train_flags(monkeypatch, "--flagfile=flags/pretrain_phantom.cfg")
+    fine = parse_train_flags(monkeypatch, "--flagfile=flags/finetune_prior.cfg")
     assert fine.init_from == prior.workdir and fine.private and fine.epsilon == demo.epsilon
     assert (fine.phantom, fine.batch_size, fine.critic_steps, fine.base_filters) == (
         demo.phantom, demo.batch_size, demo.critic_steps, demo.base_filters)

@@ -6,28 +6,18 @@ import os
 
 import numpy as np
 import pytest
-from absl import flags as absl_flags
 
-from tfdpgan import errors, train as train_command, workdir
+from tfdpgan import errors, workdir
 from tfdpgan.data import default_data, records
 from tfdpgan.dp import card as privacy_card
 from tfdpgan.evaluation import evaluate, unet
 from tfdpgan.gan import priors, run, training
-from tiny import TINY
+from tiny import TINY, parse_train_flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # a phantom small enough to generate in seconds; TINY's networks at 16x16 patches
 PHANTOM = default_data.PhantomDataConfig(num_patients=3, num_test=1, shape=(40, 40, 12),
                                          patch_size=16, patches_per_patient=20,
                                          val_fraction=0.34)
-
-
-def _parse(monkeypatch, *argv):
-    fv = absl_flags.FlagValues()
-    train_command.define_flags(fv)
-    monkeypatch.chdir(ROOT)
-    fv(["train", *argv])
-    return train_command.config_from_flags(fv)
 
 
 def _config(tmp_path, name, **changes):
@@ -47,7 +37,7 @@ def _demo_wgan(config):
 
 def test_builtin_prior_is_public_phantom_training_with_the_demos_networks(monkeypatch):
     meta = priors.read_builtin()           # also checks weights.npz against its SHA-256
-    demo = _parse(monkeypatch)
+    demo = parse_train_flags(monkeypatch)
     assert demo.init_from == priors.BUILTIN
     assert demo.critic_frozen_stages == priors.DEFAULT_FROZEN_STAGES
     assert meta["networks"] == priors.networks(demo, demo.phantom.patch_size)
@@ -65,7 +55,7 @@ def test_builtin_prior_is_public_phantom_training_with_the_demos_networks(monkey
 def test_builtin_prior_loads_into_the_demo_networks(monkeypatch):
     """Every layer of the three networks gets the shipped weights, also with the demo's
     frozen critic stages (Keras lists frozen weights last); its samples are pairs."""
-    demo = _parse(monkeypatch)
+    demo = parse_train_flags(monkeypatch)
     gan = _demo_wgan(demo)
     before = [w.copy() for w in gan.critic.get_weights()]
     priors.load_into(gan, priors.BUILTIN)
@@ -88,11 +78,11 @@ def test_builtin_prior_loads_into_the_demo_networks(monkeypatch):
 def test_flagfiles_without_the_demo_networks_train_from_scratch(monkeypatch):
     """The built-in prior fits only the demo's networks: every other recipe says so."""
     for cfg in ("paper_wgan.cfg", "paper_dp.cfg", "leaky_reference.cfg", "pretrain_phantom.cfg"):
-        config = _parse(monkeypatch, f"--flagfile=flags/{cfg}")
+        config = parse_train_flags(monkeypatch, f"--flagfile=flags/{cfg}")
         assert config.init_from is None and config.critic_frozen_stages == 0, cfg
-    scratch = _parse(monkeypatch, "--init_from=")
+    scratch = parse_train_flags(monkeypatch, "--init_from=")
     assert scratch.init_from is None and scratch.critic_frozen_stages == 0
-    assert _parse(monkeypatch, "--critic_frozen_stages=1").critic_frozen_stages == 1
+    assert parse_train_flags(monkeypatch, "--critic_frozen_stages=1").critic_frozen_stages == 1
 
 
 def test_builtin_prior_refuses_other_networks_before_any_folder(patch_records, tmp_path):
@@ -135,6 +125,8 @@ def test_exported_prior_starts_a_private_run_and_the_card_says_so(exported, patc
     assert card["public_prior"] == {
         "workdir": "builtin", "data": meta["data"], "prior_private": False,
         "prior_epsilon": None, "prior_critic_steps": 6, "critic_frozen_stages": 1}
+    assert "tfdpgan's built-in prior, trained on `built-in phantom" in open(
+        workdir.path(config.workdir, workdir.PRIVACY_MD)).read()
     _, source, _ = run.restore(exported["config"].workdir)
     _, fine, _ = run.restore(config.workdir)
     frozen = [a for a in fine.critic.layers if not a.trainable and a.get_weights()]

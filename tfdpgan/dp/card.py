@@ -169,9 +169,11 @@ def _prior_lines(card: dict) -> list:
     prior = card.get("public_prior")
     if not prior:
         return []
+    source = ("tfdpgan's built-in prior" if prior["workdir"] == "builtin"
+              else f"`{prior['workdir']}`")
     return [
         f"**Public prior:** the generator and critic started from the weights of "
-        f"`{prior['workdir']}`, trained on `{prior['data']}` "
+        f"{source}, trained on `{prior['data']}` "
         f"({'non-private' if not prior['prior_private'] else 'private'}, "
         f"{prior['prior_critic_steps']} critic steps). That data must be public (e.g. the "
         "built-in phantom): then the prior costs no privacy and the guarantee above covers "

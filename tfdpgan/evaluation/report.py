@@ -229,7 +229,7 @@ def read_report(out_dir: str) -> Optional[dict]:
 
 
 def summary_lines(report: dict) -> List[str]:
-    """One line per row (DSC, HD95; FID for the primary row), as the command prints them."""
+    """One line per row (DSC, HD95; FID where the row has one), as the command prints them."""
     lines = [f"{report['source']}: DSC {format_mean_sd(report['dsc_mean'], report['dsc_sd'])}, "
              f"HD95 {format_mean_sd(report['hd95_mean_mm'], report['hd95_sd_mm'], 2)} mm, FID "
              f"{format_number(report['fid'])} (real floor "
@@ -237,5 +237,7 @@ def summary_lines(report: dict) -> List[str]:
              f"{report['test_set']['num_patients']} test patients"]
     for name, row in report["baselines"].items():
         lines.append(f"{name}: DSC {format_mean_sd(row['dsc_mean'], row['dsc_sd'])}, HD95 "
-                     f"{format_mean_sd(row['hd95_mean_mm'], row['hd95_sd_mm'], 2)} mm")
+                     f"{format_mean_sd(row['hd95_mean_mm'], row['hd95_sd_mm'], 2)} mm"
+                     + (f", FID {format_number(row['fid'])}" if row.get("fid") is not None
+                        else ""))
     return lines

@@ -18,7 +18,7 @@ its own, so DP fine-tuning is not credited with what the prior already knew.
 import hashlib
 import json
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import numpy as np
 
