@@ -255,6 +255,31 @@ def test_default_test_set_and_external_folder(run, tmp_path):
     assert ext_sel["caveat"] in open(os.path.join(out, "REPORT.md")).read()
 
 
+def test_repeats_average_several_unets_per_row(run, tmp_path):
+    """--repeats=2: each U-Net row trains a second U-Net (another seed for sampling, hold-out
+    and initialisation); a patient's DSC is the mean of both, each kept; the threshold row
+    has one value; the report shows each U-Net's mean."""
+    out = str(tmp_path / "e")
+    one = evaluate.evaluate(_config(run, out_dir=str(tmp_path / "one"),
+                                    real_train=run["rec"]))
+    two = evaluate.evaluate(_config(run, out_dir=out, repeats=2, real_train=run["rec"]))
+    for name in ("synthetic", "real_train"):
+        row, single = (two, one) if name == "synthetic" else (
+            two["baselines"][name], one["baselines"][name])
+        assert row["repeats"] == 2 and len(row["dsc_mean_by_repeat"]) == 2
+        keys = row["selection"]["repeat_keys"]
+        assert len(set(keys)) == 2 and keys[0] == single["selection"]["key"]
+        for p, q in zip(row["per_patient"], single["per_patient"]):
+            assert p["dsc_repeats"][0] == pytest.approx(q["dsc"])   # repeat 0 = the single run
+            assert p["dsc"] == pytest.approx(np.mean(p["dsc_repeats"]))
+        assert row["dsc_mean"] == pytest.approx(np.mean(row["dsc_mean_by_repeat"]))
+    threshold = two["baselines"]["threshold"]
+    assert threshold["repeats"] == 1 and "dsc_repeats" not in threshold["per_patient"][0]
+    assert "means over 2 U-Nets per row" in open(os.path.join(out, "REPORT.md")).read()
+    with pytest.raises(evaluate.EvaluationError, match="--repeats"):
+        evaluate.evaluate(_config(run, out_dir=str(tmp_path / "bad"), repeats=0))
+
+
 def test_fid_network_failure_is_an_error(run, tmp_path):
     out = str(tmp_path / "e")
     with pytest.raises(evaluate.EvaluationError, match="FID network could not be loaded"):

@@ -57,11 +57,12 @@ read_report = report_lib.read_report
 @dataclasses.dataclass
 class Selected:
     """The outcome of model selection (no test data read yet)."""
-    models: dict                    # row -> selected Keras U-Net
+    models: dict                    # row -> selected Keras U-Net (repeat 0)
     selections: dict                # row -> selection dict (report)
     threshold: Optional[float]      # threshold row's threshold (None without that row)
     train_sets: dict                # row -> (images, labels)
     val_cases: List[volumes.Case]   # real validation patients (used only by real_val)
+    repeats: dict = dataclasses.field(default_factory=dict)   # row -> U-Nets of repeats 1..K-1
 
     @property
     def rows(self) -> List[str]:
@@ -115,11 +116,26 @@ def select(config: EvalConfig, run: inputs.Run, timing: dict) -> Selected:
     if config.real_train:
         train_sets["real_train"] = inputs.real_arrays(config.real_train, run.patch_size)
     models_root = workdir.path(config.workdir, selection.MODELS_DIR)
-    models, selections, threshold = {}, {}, None
+    models, selections, threshold, repeats = {}, {}, None, {}
     for row, arrays in train_sets.items():
         t = time.time()
         models[row], selections[row] = selection.train_selected(config, run, row, arrays,
                                                                 scorer, models_root)
+        repeats[row], keys = [], [selections[row]["key"]]
+        for k in range(1, config.repeats):
+            again = config.repeat(k)
+            if row == "synthetic":      # a fresh synthetic draw (a --synthetic folder: the same)
+                arrays_k = inputs.synthetic_arrays(again, run)
+            elif row == "prior":
+                arrays_k = inputs.prior_arrays(again, run)
+            else:
+                arrays_k = arrays
+            model, chosen = selection.train_selected(again, run, row, arrays_k, scorer,
+                                                     models_root)
+            repeats[row].append(model)
+            keys.append(chosen["key"])
+        if config.repeats > 1:
+            selections[row]["repeat_keys"] = keys
         timing[f"{row}_unet_seconds"] = time.time() - t
     if config.threshold_baseline:
         # A real-data baseline (like real_train): its threshold is chosen on the real
@@ -137,7 +153,7 @@ def select(config: EvalConfig, run: inputs.Run, timing: dict) -> Selected:
                 selections["threshold"]["caveat"] = (
                     "the test volumes (--test_data) are not from this data set: across a site "
                     "shift this threshold is not the test site's own best threshold")
-    return Selected(models, selections, threshold, train_sets, val_cases)
+    return Selected(models, selections, threshold, train_sets, val_cases, repeats)
 
 
 def to_input_orientation(binary: np.ndarray, vol: volumes.Volume) -> nib.Nifti1Image:
@@ -161,15 +177,31 @@ def to_input_orientation(binary: np.ndarray, vol: volumes.Volume) -> nib.Nifti1I
     return image
 
 
-def _segment(config: EvalConfig, run: inputs.Run, sel: Selected, row: str,
-             vol: volumes.Volume) -> np.ndarray:
-    if row == "threshold":
-        norm = inputs.normalised(vol, run.info["normalization"])
-        return ((norm >= sel.threshold) & (vol.mask > 0)).astype(np.uint8)
-    _, binary = stitching.segment_volume(sel.models[row], vol, run.info["normalization"],
+def _segment(config: EvalConfig, run: inputs.Run, model, vol: volumes.Volume) -> np.ndarray:
+    _, binary = stitching.segment_volume(model, vol, run.info["normalization"],
                                          run.patch_size, config.overlap, config.unet.threshold,
                                          config.predict_batch_size)
     return binary
+
+
+def _score_row(config: EvalConfig, run: inputs.Run, sel: Selected, row: str, vol):
+    """(binary of repeat 0, per-patient entry): DSC and HD95 averaged over the row's repeats
+    (HD95 over those where it is defined), each repeat's value kept."""
+    if row == "threshold":
+        norm = inputs.normalised(vol, run.info["normalization"])
+        binaries = [((norm >= sel.threshold) & (vol.mask > 0)).astype(np.uint8)]
+    else:
+        binaries = [_segment(config, run, model, vol)
+                    for model in [sel.models[row], *sel.repeats.get(row, [])]]
+    dsc = [seg_metrics.dice(b, vol.label) for b in binaries]
+    hd = [report_lib.finite(seg_metrics.hausdorff95(b, vol.label, vol.spacing))
+          for b in binaries]
+    defined = [h for h in hd if h is not None]
+    entry = {"dsc": float(np.mean(dsc)),
+             "hd95_mm": float(np.mean(defined)) if defined else None}
+    if len(binaries) > 1:
+        entry.update(dsc_repeats=dsc, hd95_repeats_mm=hd)
+    return binaries[0], entry
 
 
 def _fid_test_patches(config: EvalConfig, run: inputs.Run, vol, num: int, index: int):
@@ -197,11 +229,8 @@ def score_test(config: EvalConfig, run: inputs.Run, cases, sel: Selected, stagin
             raise EvaluationError(f"{case.image}: this test image is a training/validation "
                                   f"image of {run.rec_dir} (same SHA-256)")
         for row in sel.rows:
-            binary = _segment(config, run, sel, row, vol)
-            hd = seg_metrics.hausdorff95(binary, vol.label, vol.spacing)
-            per_patient[row].append({"patient_id": case.patient_id,
-                                     "dsc": seg_metrics.dice(binary, vol.label),
-                                     "hd95_mm": report_lib.finite(hd)})
+            binary, entry = _score_row(config, run, sel, row, vol)
+            per_patient[row].append(dict(patient_id=case.patient_id, **entry))
             nib.save(to_input_orientation(binary, vol),
                      os.path.join(folders[row], f"{case.patient_id}.nii.gz"))
         if config.fid:

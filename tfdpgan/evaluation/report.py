@@ -73,10 +73,16 @@ def summary(per_patient: List[dict]) -> dict:
     dsc = np.array([p["dsc"] for p in per_patient], np.float64)
     hd = np.array([p["hd95_mm"] for p in per_patient if p["hd95_mm"] is not None], np.float64)
     sd = lambda x: float(np.std(x, ddof=1)) if len(x) >= 2 else None
-    return {"dsc_mean": float(np.mean(dsc)), "dsc_sd": sd(dsc),
-            "hd95_mean_mm": float(np.mean(hd)) if len(hd) else None, "hd95_sd_mm": sd(hd),
-            "hd95_num_undefined": int(len(per_patient) - len(hd)),
-            "num_patients": len(per_patient)}
+    out = {"dsc_mean": float(np.mean(dsc)), "dsc_sd": sd(dsc),
+           "hd95_mean_mm": float(np.mean(hd)) if len(hd) else None, "hd95_sd_mm": sd(hd),
+           "hd95_num_undefined": int(len(per_patient) - len(hd)),
+           "num_patients": len(per_patient), "repeats": 1}
+    if per_patient and "dsc_repeats" in per_patient[0]:
+        # the row's mean DSC of each repeat's U-Net: the spread of the evaluation itself
+        by_repeat = np.mean([p["dsc_repeats"] for p in per_patient], axis=0)
+        out.update(repeats=len(by_repeat), dsc_mean_by_repeat=[float(x) for x in by_repeat],
+                   dsc_sd_over_repeats=sd(by_repeat))
+    return out
 
 
 def privacy_summary(card: Optional[dict]) -> Optional[dict]:
@@ -150,8 +156,15 @@ def _table_lines(report: dict, rows: dict) -> List[str]:
                      f"{format_mean_sd(row['hd95_mean_mm'], row['hd95_sd_mm'], 2)} | "
                      f"{row['hd95_num_undefined']} | {format_number(row.get('fid'))} |")
     lines += ["", f"FID of real training vs real test patches (floor): "
-                  f"{format_number(report['fid_real_floor'])}", "",
-              "## Per patient", "",
+                  f"{format_number(report['fid_real_floor'])}", ""]
+    repeated = {name: row for name, row in rows.items() if row.get("dsc_mean_by_repeat")}
+    if repeated:
+        lines += [f"DSC and HD95 of the U-Net rows are means over {report['flags']['repeats']} "
+                  f"U-Nets per row (repeat k: seed + k for sampling, hold-out and "
+                  f"initialisation). Each U-Net's mean DSC: "
+                  + "; ".join(f"{name} " + "/".join(f"{x:.3f}" for x in row["dsc_mean_by_repeat"])
+                              for name, row in repeated.items()) + ".", ""]
+    lines += ["## Per patient", "",
               "| patient | " + " | ".join(f"{n} DSC | {n} HD95 mm" for n in rows) + " |",
               "|---|" + "---|---|" * len(rows)]
     for i, entry in enumerate(report["per_patient"]):
@@ -228,15 +241,26 @@ def read_report(out_dir: str) -> Optional[dict]:
         return json.load(f)
 
 
+def _repeats_text(row: dict) -> str:
+    """' (mean of 3 U-Nets: 0.578/0.589/0.520)' for a row with repeats, else ''."""
+    by_repeat = row.get("dsc_mean_by_repeat")
+    if not by_repeat:
+        return ""
+    return (f" (mean of {len(by_repeat)} U-Nets: "
+            + "/".join(f"{x:.3f}" for x in by_repeat) + ")")
+
+
 def summary_lines(report: dict) -> List[str]:
     """One line per row (DSC, HD95; FID where the row has one), as the command prints them."""
-    lines = [f"{report['source']}: DSC {format_mean_sd(report['dsc_mean'], report['dsc_sd'])}, "
+    lines = [f"{report['source']}: DSC {format_mean_sd(report['dsc_mean'], report['dsc_sd'])}"
+             f"{_repeats_text(report)}, "
              f"HD95 {format_mean_sd(report['hd95_mean_mm'], report['hd95_sd_mm'], 2)} mm, FID "
              f"{format_number(report['fid'])} (real floor "
              f"{format_number(report['fid_real_floor'])}) on "
              f"{report['test_set']['num_patients']} test patients"]
     for name, row in report["baselines"].items():
-        lines.append(f"{name}: DSC {format_mean_sd(row['dsc_mean'], row['dsc_sd'])}, HD95 "
+        lines.append(f"{name}: DSC {format_mean_sd(row['dsc_mean'], row['dsc_sd'])}"
+                     f"{_repeats_text(row)}, HD95 "
                      f"{format_mean_sd(row['hd95_mean_mm'], row['hd95_sd_mm'], 2)} mm"
                      + (f", FID {format_number(row['fid'])}" if row.get("fid") is not None
                         else ""))
