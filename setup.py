@@ -8,6 +8,8 @@ setup(
                  "patches with vessel segmentation labels"),
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["tfdpgan", "tfdpgan.*"]),
+    # the built-in public prior (--init_from=builtin): weights and how they were made
+    package_data={"tfdpgan.gan": ["builtin_prior/prior.json", "builtin_prior/weights.npz"]},
     install_requires=[
         # The stack that works together: TF Privacy 0.9.0 needs Keras-2
         # legacy optimizers (TF <= 2.15); TF-GAN 2.1.0 breaks on TF >= 2.16.
