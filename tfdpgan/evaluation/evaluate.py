@@ -6,10 +6,12 @@ Follows Kossen et al. (2022). :func:`evaluate` runs, in this order:
    synthetic TFRecords of ``synthetic`` (tfdpgan.sample output, same schema); synthetic labels
    are binarised at ``label_threshold``. Extra rows: ``real_train=REC`` trains the same U-Net on
    REC's real training patches (upper bound); ``threshold_baseline`` is a global intensity
-   threshold on the normalised image.
+   threshold on the normalised image; a run started from a public prior (run.json's
+   ``init_from``) gets a ``prior`` row sampled from the prior alone (``prior_row``).
 2. **Model selection** (selection.py): epoch and grid point of each U-Net row (default: a
    2-point learning-rate grid, collapse detection with restarts, see unet.py) and the
-   threshold row's threshold, on a validation set that is never the test set
+   threshold row's threshold, on a validation set that is never the test set (with
+   ``repeats`` = K, K U-Nets per row, repeat k with seed + k; scores are their mean)
    (``synthetic_val``, the default and privacy-free, or ``real_val``, the paper's way, which
    uses private data outside the DP guarantee and is flagged so in the report).
 3. **Test** (``score_test``, only after every selection is final): each test patient's whole
