@@ -10,10 +10,10 @@ Follows Kossen et al. (2022). :func:`evaluate` runs, in this order:
    ``init_from``) gets a ``prior`` row sampled from the prior alone (``prior_row``).
 2. **Model selection** (selection.py): epoch and grid point of each U-Net row (default: a
    2-point learning-rate grid, collapse detection with restarts, see unet.py) and the
-   threshold row's threshold, on a validation set that is never the test set (with
-   ``repeats`` = K, K U-Nets per row, repeat k with seed + k; scores are their mean)
+   threshold row's threshold, on a validation set that is never the test set
    (``synthetic_val``, the default and privacy-free, or ``real_val``, the paper's way, which
-   uses private data outside the DP guarantee and is flagged so in the report).
+   uses private data outside the DP guarantee and is flagged so in the report). With
+   ``repeats`` = K, each U-Net row trains K U-Nets (repeat k: seed + k); scores are their mean.
 3. **Test** (``score_test``, only after every selection is final): each test patient's whole
    volume is segmented (stitching.segment_volume, tiles overlapping by ``overlap``),
    thresholded at 0.5 and scored with DSC and the 95 % Hausdorff distance in mm (anisotropic
