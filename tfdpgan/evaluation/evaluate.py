@@ -108,15 +108,22 @@ def select(config: EvalConfig, run: inputs.Run, timing: dict) -> Selected:
     """Steps 1-2: training sets and model selection. Reads no test data."""
     val_cases = inputs.split_cases(run.info, "val")
     scorer = _real_val_scorer(config, run, val_cases) if config.selection == "real_val" else None
-    train_sets = {}
+    # row -> its training arrays under given settings (a repeat draws synthetic pairs anew;
+    # a --synthetic folder and real patches are the same for every repeat)
+    loaders = {}
     if run.generator_dir or config.synthetic:
-        t = time.time()
-        train_sets["synthetic"] = inputs.synthetic_arrays(config, run)
-        timing["synthetic_seconds"] = time.time() - t
+        loaders["synthetic"] = lambda c: inputs.synthetic_arrays(c, run)
     if run.prior:
-        train_sets["prior"] = inputs.prior_arrays(config, run)
+        loaders["prior"] = lambda c: inputs.prior_arrays(c, run)
     if config.real_train:
-        train_sets["real_train"] = inputs.real_arrays(config.real_train, run.patch_size)
+        real = inputs.real_arrays(config.real_train, run.patch_size)
+        loaders["real_train"] = lambda c: real
+    train_sets = {}
+    for row, load in loaders.items():
+        t = time.time()
+        train_sets[row] = load(config)
+        if row == "synthetic":
+            timing["synthetic_seconds"] = time.time() - t
     models_root = workdir.path(config.workdir, selection.MODELS_DIR)
     models, selections, threshold, repeats = {}, {}, None, {}
     for row, arrays in train_sets.items():
@@ -126,14 +133,8 @@ def select(config: EvalConfig, run: inputs.Run, timing: dict) -> Selected:
         repeats[row], keys = [], [selections[row]["key"]]
         for k in range(1, config.repeats):
             again = config.repeat(k)
-            if row == "synthetic":      # a fresh synthetic draw (a --synthetic folder: the same)
-                arrays_k = inputs.synthetic_arrays(again, run)
-            elif row == "prior":
-                arrays_k = inputs.prior_arrays(again, run)
-            else:
-                arrays_k = arrays
-            model, chosen = selection.train_selected(again, run, row, arrays_k, scorer,
-                                                     models_root)
+            model, chosen = selection.train_selected(again, run, row, loaders[row](again),
+                                                     scorer, models_root)
             repeats[row].append(model)
             keys.append(chosen["key"])
         if config.repeats > 1:

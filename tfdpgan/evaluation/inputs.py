@@ -78,6 +78,13 @@ def _run_data(config: EvalConfig) -> str:
     return rec_dir
 
 
+def _generator_sha256(generator_dir: str) -> Optional[str]:
+    """Identity of an exported generator (its files), None if there is no saved_model.pb."""
+    if not os.path.isfile(os.path.join(generator_dir, "saved_model.pb")):
+        return None
+    return _sha256_files(_tree_files(generator_dir), generator_dir)
+
+
 def _synthetic_source(config: EvalConfig, info: dict, rec_dir: str):
     """(card, generator_dir, source_sha256) of the synthetic row's source."""
     generator_dir = workdir.path(config.workdir, workdir.GENERATOR)
@@ -92,9 +99,10 @@ def _synthetic_source(config: EvalConfig, info: dict, rec_dir: str):
                             + [os.path.join(config.synthetic, records.DATASET_JSON)],
                             config.synthetic)
         return card, None, sha
-    if os.path.isfile(os.path.join(generator_dir, "saved_model.pb")):
+    sha = _generator_sha256(generator_dir)
+    if sha is not None:
         card = read_json_or_none(workdir.generator_card_path(generator_dir))
-        return card, generator_dir, _sha256_files(_tree_files(generator_dir), generator_dir)
+        return card, generator_dir, sha
     if config.real_train:
         return None, None, None   # baselines only
     raise errors.EvaluationError(f"{generator_dir}: no exported generator (saved_model.pb); "
@@ -127,12 +135,13 @@ def _prior_source(config: EvalConfig):
     if priors.is_builtin(source):
         return source, priors.read_builtin()["weights_sha256"]
     generator_dir = workdir.path(source, workdir.GENERATOR)
-    if not os.path.isfile(os.path.join(generator_dir, "saved_model.pb")):
+    sha = _generator_sha256(generator_dir)
+    if sha is None:
         raise errors.EvaluationError(
             f"{config.workdir} started from the public prior {source}, but {generator_dir} "
             f"holds no exported generator (run from the folder the run was started in, or "
             f"pass --noprior_row to leave the prior's own row out)")
-    return source, _sha256_files(_tree_files(generator_dir), generator_dir)
+    return source, sha
 
 
 def split_cases(info: dict, split: str) -> List[volumes.Case]:

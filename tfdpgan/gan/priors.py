@@ -16,13 +16,12 @@ card states the prior (tfdpgan.dp.card), and the evaluation scores the prior alo
 its own, so DP fine-tuning is not credited with what the prior already knew.
 """
 import hashlib
-import json
 import os
 from typing import Dict, List
 
 import numpy as np
 
-from tfdpgan import atomic, errors, workdir
+from tfdpgan import atomic, errors, paths, workdir
 from tfdpgan.data import records
 from tfdpgan.gan import export, models, run as run_lib, wgan
 
@@ -199,20 +198,19 @@ def export_prior(run_dir: str, out_dir: str = None, command: str = "") -> dict:
     data are not the phantom (only the phantom is known to be public)."""
     config, gan, run = run_lib.restore(run_dir)
     info = records.read_dataset_json(run["data"])
-    # the records folder of default_data.prepare(config.phantom): phantom-<key>/records
+    # the records folder of default_data.prepare(config.phantom), in whichever cache root
     on_phantom = (os.path.basename(os.path.dirname(os.path.normpath(run["data"])))
-                  == f"phantom-{config.phantom.key()}")
+                  == os.path.basename(paths.phantom_cache_dir(config.phantom.key())))
     card = workdir.read_card(run_dir)
     if card["private"] or not on_phantom:
         raise errors.SettingsError(f"{run_dir}: a built-in prior must be non-private training "
                                    f"on the built-in phantom (this run: private="
                                    f"{card['private']}, data {run['data']})")
     phantom = config.phantom
+    weights = {name: _layer_weights(getattr(gan, name)) for name in _NETWORKS}
     with atomic.staged_dir(out_dir or BUILTIN_DIR, overwrite=True) as staging:
-        arrays = {f"{name}.{i:03d}.{j}": w
-                  for name in _NETWORKS
-                  for i, layer in enumerate(_layer_weights(getattr(gan, name)))
-                  for j, w in enumerate(layer)}
+        arrays = {f"{name}.{i:03d}.{j}": w for name, layers in weights.items()
+                  for i, layer in enumerate(layers) for j, w in enumerate(layer)}
         np.savez_compressed(os.path.join(staging, WEIGHTS_NPZ), **arrays)
         meta = {
             "data": (f"built-in phantom, preset {phantom.preset}, seed {phantom.seed}, "
@@ -223,12 +221,10 @@ def export_prior(run_dir: str, out_dir: str = None, command: str = "") -> dict:
             "source_run": {k: v for k, v in run.items()
                            if k not in ("data", "workdir", "cache_dir")},
             "networks": networks(config, info["patch_size"]),
-            "layers": {name: [len(layer) for layer in _layer_weights(getattr(gan, name))]
-                       for name in _NETWORKS},
+            "layers": {name: [len(layer) for layer in layers]
+                       for name, layers in weights.items()},
             "source_sha256": sorted(_source_checksums(info)),
             "weights_sha256": _sha256(os.path.join(staging, WEIGHTS_NPZ)),
         }
-        with open(os.path.join(staging, PRIOR_JSON), "w") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
-            f.write("\n")
+        atomic.write_json_atomic(os.path.join(staging, PRIOR_JSON), meta)
     return meta

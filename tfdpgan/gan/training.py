@@ -148,9 +148,12 @@ def train(config: run_lib.TrainConfig, flags_text: str = "") -> dict:
         raise errors.SettingsError(f"--critic_frozen_stages={config.critic_frozen_stages}: the "
                                    f"critic of {info['patch_size']}x{info['patch_size']} patches "
                                    f"has {stages} stages")
+    prior = None
     if config.init_from:   # a prior that saw this data, or does not fit, is refused here
-        priors.describe(config.init_from, rec_dir)
+        prior = priors.describe(config.init_from, rec_dir)
         priors.check_fits(config.init_from, priors.networks(config, info["patch_size"]))
+        if config.critic_frozen_stages:
+            prior["critic_frozen_stages"] = config.critic_frozen_stages
     arrays = pipeline.load_arrays(rec_dir, "train")
     plan = privacy_card.make_plan(
         num_records=_num_records(config, info, arrays), expected_batch_size=config.batch_size,
@@ -163,7 +166,7 @@ def train(config: run_lib.TrainConfig, flags_text: str = "") -> dict:
         try:
             own = dataclasses.replace(config, workdir=scratch)
             workdir.make_dirs(scratch)
-            return _run(own, "", rec_dir, info, arrays, plan, strategy,
+            return _run(own, "", rec_dir, info, arrays, plan, strategy, prior,
                         shared_dir=config.workdir)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -171,15 +174,17 @@ def train(config: run_lib.TrainConfig, flags_text: str = "") -> dict:
     workdir.make_dirs(run_dir)  # only once the data and the settings are valid
     with workdir.owner_only():
         try:
-            return _run(config, flags_text, rec_dir, info, arrays, plan, strategy)
+            return _run(config, flags_text, rec_dir, info, arrays, plan, strategy, prior)
         finally:   # also after a crash or a stop: nothing readable by others
             workdir.secure(workdir.release_dir(run_dir))
             workdir.secure(workdir.private_dir(run_dir))
 
 
-def _run(config, flags_text, rec_dir, info, arrays, plan, strategy, shared_dir=None) -> dict:
-    """train() once the workdir's folders exist. ``shared_dir``: on a worker, the chief's
-    workdir (its checkpoints and ledger are read to resume; nothing is written there)."""
+def _run(config, flags_text, rec_dir, info, arrays, plan, strategy, prior,
+         shared_dir=None) -> dict:
+    """train() once the workdir's folders exist. ``prior``: priors.describe of the public
+    prior (None without one). ``shared_dir``: on a worker, the chief's workdir (its
+    checkpoints and ledger are read to resume; nothing is written there)."""
     run_dir = config.workdir
     shared_dir = shared_dir or run_dir
     if flags_text:
@@ -189,9 +194,6 @@ def _run(config, flags_text, rec_dir, info, arrays, plan, strategy, shared_dir=N
     if config.tf_seed is not None:
         # Keras initialisers without a seed draw one from Python's `random`: seed it too
         tf.keras.utils.set_random_seed(config.tf_seed)
-    prior = priors.describe(config.init_from, rec_dir) if config.init_from else None
-    if config.critic_frozen_stages:
-        prior["critic_frozen_stages"] = config.critic_frozen_stages
     with strategy.scope():
         gan = run_lib.build_wgan(config, info["patch_size"], plan)
     step = tf.Variable(0, dtype=tf.int64, name="critic_step")
