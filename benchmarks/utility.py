@@ -3,13 +3,19 @@
   python benchmarks/utility.py                      # ~2 h on a 2-core CPU; resumable per row
   python benchmarks/utility.py --quick --out_dir=/tmp/u   # minutes: every code path, tiny sizes
   python benchmarks/utility.py --recipe=flags/finetune_prior.cfg --public_preset=site_b \
-      --private_preset=default --patient_cohort=48   # benchmarks/results/utility.txt (~50 min)
+      --private_preset=default --patient_cohort=48   # a prior trained here (+ its training time)
+  python benchmarks/utility.py --recipe=flags/demo.cfg --prior=builtin --private_preset=default \
+      --patient_cohort=48   # benchmarks/results/utility.txt: the shipped prior (~50 min)
 
 Rows, all scored on the SAME held-out whole test volumes (the private site's test patients):
   real        the U-Net trained on the private site's real training patches (upper bound)
   threshold   a global intensity threshold chosen on the private site's validation volumes
   prior       the public prior alone (ε = 0: trained without DP on the PUBLIC phantom site,
-              never saw the private site), so nobody credits DP fine-tuning with what it knew
+              never saw the private site), so nobody credits DP fine-tuning with what it knew.
+              --prior=train trains it here with --prior_recipe on --public_preset (seed 0);
+              --prior=builtin takes tfdpgan's shipped prior (flags/pretrain_phantom.cfg on
+              site_b, seed 1000; tfdpgan/gan/builtin_prior/prior.json) and scores it as the
+              prior row of the first ε's evaluation (same test volumes, same U-Net budget)
   eps_inf, eps_10, eps_3, eps_1   per-patch DP fine-tuning of the prior on the private site
   patient_3   per-patient ε = 3 on a larger private cohort (same recipe, same prior)
 The private "site" is a phantom data set whose preset (scanner/site) differs from the public
@@ -42,7 +48,7 @@ from tfdpgan.data import default_data  # noqa: E402
 from tfdpgan.dp import accounting  # noqa: E402
 from tfdpgan.evaluation import evaluate, report  # noqa: E402
 from tfdpgan.evaluation.config import EvalConfig  # noqa: E402
-from tfdpgan.gan import training  # noqa: E402
+from tfdpgan.gan import priors, training  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags.DEFINE_string("out_dir", os.path.join("runs", "utility"), "Folder of the benchmark's runs.")
@@ -50,6 +56,9 @@ flags.DEFINE_string("recipe", os.path.join(ROOT, "flags", "demo.cfg"),
                     "Train flagfile of the private rows (epsilon/workdir/data are replaced).")
 flags.DEFINE_string("prior_recipe", os.path.join(ROOT, "flags", "pretrain_phantom.cfg"),
                     "Train flagfile of the public prior (non-private).")
+flags.DEFINE_enum("prior", "train", ["train", "builtin"], "The public prior: trained here "
+                  "(--prior_recipe, --public_preset) or tfdpgan's shipped one (its networks "
+                  "must be the recipe's; not with --quick).")
 flags.DEFINE_string("public_preset", None, "Phantom preset of the public prior's site.")
 flags.DEFINE_string("private_preset", None, "Phantom preset of the private site.")
 flags.DEFINE_list("epsilons", ["inf", "10", "3", "1"], "Per-patch rows.")
@@ -107,9 +116,9 @@ def _train(config, name):
     return config, card, time.time() - start
 
 
-def _evaluate(run_dir, test_nifti, **kwargs):
+def _evaluate(run_dir, test_nifti, prior_row=False, **kwargs):
     # prior_row=False: the benchmark scores its prior once, as a row of its own
-    config = EvalConfig(workdir=run_dir, test_data=test_nifti, prior_row=False,
+    config = EvalConfig(workdir=run_dir, test_data=test_nifti, prior_row=prior_row,
                         num_synthetic=200 if FLAGS.quick else FLAGS.num_synthetic,
                         fid=FLAGS.fid_samples > 0 and not FLAGS.quick,
                         fid_samples=max(FLAGS.fid_samples, 2), repeats=FLAGS.eval_repeats,
@@ -153,6 +162,22 @@ def _row(name, result, card=None, train_seconds=0.0, eval_seconds=0.0):
             "seconds": _seconds(name, train_seconds + eval_seconds)}
 
 
+PRIOR_ROW = "prior (public only, ε = 0)"
+
+
+def _builtin_prior() -> str:
+    """--prior=builtin: the shipped prior's source name, after checking it is usable here (its
+    site must be --public_preset's when that is given; --quick's tiny networks do not fit)."""
+    if FLAGS.quick:
+        raise app.UsageError("--prior=builtin fits only the demo's networks; --quick trains "
+                             "tiny ones (use --prior=train)")
+    site = priors.read_builtin()["source_run"]["phantom"]["preset"]
+    if FLAGS.public_preset and FLAGS.public_preset != site:
+        raise app.UsageError(f"--prior=builtin was trained on phantom preset {site!r}, not "
+                             f"--public_preset={FLAGS.public_preset!r}")
+    return priors.BUILTIN
+
+
 def _cohort(private_phantom):
     """The per-patient row's private cohort: another seed and more patients. Its held-out
     test patients (ids after the cohort's, so no row trained on an id or a volume of them)
@@ -172,27 +197,34 @@ def _cohort(private_phantom):
 
 def _rows():
     recipe, prior_recipe = _recipe(FLAGS.recipe), _recipe(FLAGS.prior_recipe)
+    prior = _builtin_prior() if FLAGS.prior == "builtin" else None   # refused before any work
     private_phantom = _phantom(FLAGS.private_preset, seed=1, patch_size=recipe.phantom.patch_size,
                                patches_per_patient=recipe.phantom.patches_per_patient)
     private_phantom = _quick(dataclasses.replace(recipe, phantom=private_phantom)).phantom
     cohort = _cohort(private_phantom)
     test_nifti = default_data.prepare(cohort)[0]     # THE test volumes of every row (imagesTs)
     rows = []
-    prior_config = _quick(dataclasses.replace(prior_recipe, phantom=_phantom(
-        FLAGS.public_preset, seed=0, patch_size=recipe.phantom.patch_size,
-        patches_per_patient=recipe.phantom.patches_per_patient)))
-    prior_config, _, t = _train(prior_config, "prior")
-    result, e = _evaluate(prior_config.workdir, test_nifti)
-    rows.append(dict(_row("prior (public only, ε = 0)", result, None, t, e), epsilon=0.0))
+    if prior is None:
+        prior_config = _quick(dataclasses.replace(prior_recipe, phantom=_phantom(
+            FLAGS.public_preset, seed=0, patch_size=recipe.phantom.patch_size,
+            patches_per_patient=recipe.phantom.patches_per_patient)))
+        prior_config, _, t = _train(prior_config, "prior")
+        prior = prior_config.workdir
+        result, e = _evaluate(prior, test_nifti)
+        rows.append(dict(_row(PRIOR_ROW, result, None, t, e), epsilon=0.0))
     for eps_text in FLAGS.epsilons:
         config = dataclasses.replace(_quick(recipe), epsilon=float(eps_text),
-                                     phantom=private_phantom, init_from=prior_config.workdir)
+                                     phantom=private_phantom, init_from=prior)
         config, card, t = _train(config, f"eps_{eps_text}")
         first = eps_text == FLAGS.epsilons[0]
         rec_dir = default_data.prepare(private_phantom)[1]
+        # the shipped prior has no workdir of its own: the first evaluation scores it
+        score_prior = first and FLAGS.prior == "builtin"
         result, e = _evaluate(config.workdir, test_nifti, real_train=rec_dir if first else None,
-                              threshold_baseline=first)
+                              threshold_baseline=first, prior_row=score_prior)
         rows.append(_row(f"ε = {eps_text} per patch", result, card, t, e))
+        if score_prior:
+            rows.insert(0, dict(_row(PRIOR_ROW, result["baselines"]["prior"]), epsilon=0.0))
         for base, label in (("real_train", "U-Net on real patches (upper bound)"),
                             ("threshold", "validation-chosen threshold")):
             if first and base in result.get("baselines", {}):
@@ -201,7 +233,7 @@ def _rows():
         config = dataclasses.replace(
             _quick(recipe), epsilon=3.0, phantom=cohort, privacy_unit="patient",
             patches_per_patient=8, batch_size=4 if FLAGS.quick else FLAGS.patient_batch,
-            init_from=prior_config.workdir)
+            init_from=prior)
         config, card, t = _train(config, "patient_3")
         result, e = _evaluate(config.workdir, test_nifti)
         rows.append(_row("ε = 3 per patient", result, card, t, e))
