@@ -109,6 +109,12 @@ def _train(config, name):
     config = dataclasses.replace(config, workdir=os.path.join(FLAGS.out_dir, name))
     start = time.time()
     if workdir.is_finished(config.workdir):
+        # a finished row is reused only if it started from the prior this run would load
+        had = workdir.read_run(config.workdir).get("prior_sha256")
+        wants = priors.fingerprint(config.init_from) if config.init_from else None
+        if had != wants:
+            raise app.UsageError(f"{config.workdir} was trained from another prior (weights "
+                                 f"{str(had)[:12]}, now {str(wants)[:12]}); use a new --out_dir")
         card = workdir.read_card(config.workdir)
     else:
         print(f"[{name}] training ...", flush=True)

@@ -1,12 +1,16 @@
 """Build the built-in public prior (tfdpgan/gan/builtin_prior/) from a finished non-private
 phantom run, the one ``--init_from=builtin`` (the demo's default) starts from::
 
-    python -m tfdpgan.train --flagfile=flags/pretrain_phantom.cfg      # ~8 min, no DP
-    python tools/export_prior.py --workdir=runs/prior_phantom
+    python -m tfdpgan.train --flagfile=flags/pretrain_phantom.cfg          # ~37 min, no DP
+    python -m tfdpgan.train --flagfile=flags/pretrain_phantom_stage2.cfg   # ~37 min more
+    python tools/export_prior.py --workdir=runs/prior_phantom_stage2 \
+        --command="flags/pretrain_phantom.cfg, then flags/pretrain_phantom_stage2.cfg"
 
-Writes weights.npz (generator, critic and EMA generator, layer by layer) and prior.json (the
-command, the run's settings, its networks, and the SHA-256 of every phantom volume it trained
-on, so that a private run on any of them is refused). A private run, or one on data other than
+(or export stage 1 alone: --workdir=runs/prior_phantom). Writes weights.npz (generator, critic
+and EMA generator, layer by layer) and prior.json (the command, the run's settings, its
+networks, and the SHA-256 of every phantom volume it trained on, in every stage: a run that
+continued another prior (--init_from) is described with it, so that a private run on any of
+those volumes is refused). A private run, or one on data other than
 the built-in phantom, is refused: only the phantom is known to be public.
 """
 import os

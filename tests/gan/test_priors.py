@@ -124,7 +124,8 @@ def test_exported_prior_starts_a_private_run_and_the_card_says_so(exported, patc
         k: v for k, v in plain.items() if k != "public_prior"}
     assert card["public_prior"] == {
         "workdir": "builtin", "data": meta["data"], "prior_private": False,
-        "prior_epsilon": None, "prior_critic_steps": 6, "critic_frozen_stages": 1}
+        "prior_epsilon": None, "prior_critic_steps": 6,
+        "prior_sha256": meta["weights_sha256"], "critic_frozen_stages": 1}
     assert "tfdpgan's built-in prior, trained on `built-in phantom" in open(
         workdir.path(config.workdir, workdir.PRIVACY_MD)).read()
     _, source, _ = run.restore(exported["config"].workdir)
@@ -142,6 +143,41 @@ def test_exported_prior_refuses_its_own_training_data(exported, tmp_path, monkey
     with pytest.raises(errors.SettingsError, match="shares [1-9]\\d* source files"):
         training.train(config)
     assert not os.path.exists(config.workdir)
+
+
+def test_a_prior_continued_in_stages_describes_every_stage(exported, patch_records, tmp_path,
+                                                           monkeypatch):
+    """A prior trained further from the built-in one (on other public volumes) is exported
+    with both stages: steps summed, every stage's volumes refused as private data. A run, or
+    an export, whose prior changed under the same name is refused."""
+    monkeypatch.setattr(priors, "BUILTIN_DIR", exported["out"])
+    first = exported["meta"]
+    fine = _config(tmp_path, "fine", data=patch_records, init_from=priors.BUILTIN)
+    training.train(fine)
+    assert workdir.read_run(fine.workdir)["prior_sha256"] == first["weights_sha256"]
+    later = dataclasses.replace(PHANTOM, seed=PHANTOM.seed + 7)
+    stage2 = _config(tmp_path, "stage2", epsilon=float("inf"), phantom=later,
+                     cache_dir=str(tmp_path / "cache"), init_from=priors.BUILTIN)
+    training.train(stage2)
+    out2 = str(tmp_path / "prior2")
+    meta = priors.export_prior(stage2.workdir, out2, command="stage 2")
+    info2 = records.read_dataset_json(default_data.prepare(later, str(tmp_path / "cache"))[1])
+    own = {h for p in info2["patients"].values() for k, h in p["sha256"].items() if k != "mask"}
+    assert own and not own & set(first["source_sha256"])
+    assert set(meta["source_sha256"]) == own | set(first["source_sha256"])
+    assert meta["critic_steps"] == first["critic_steps"] + stage2.critic_steps
+    assert meta["continued_from"]["weights_sha256"] == first["weights_sha256"]
+    assert meta["data"] == (f"{first['data']}; then built-in phantom, preset {later.preset}, "
+                            f"seed {later.seed}, {later.num_patients} patients")
+    monkeypatch.setattr(priors, "BUILTIN_DIR", out2)
+    assert priors.fingerprint(priors.BUILTIN) == meta["weights_sha256"] != first["weights_sha256"]
+    with pytest.raises(errors.SettingsError, match="shares [1-9]\\d* source files"):
+        training.train(_config(tmp_path, "leak", data=exported["rec"], init_from=priors.BUILTIN))
+    with pytest.raises(errors.WorkdirError, match="different settings \\(prior_sha256\\)"):
+        training.train(fine)
+    with pytest.raises(errors.SettingsError, match="has changed since"):
+        priors.export_prior(stage2.workdir, str(tmp_path / "prior3"))
+    assert not os.path.exists(tmp_path / "prior3")
 
 
 def test_export_refuses_a_private_run_or_other_data(exported, patch_records, tmp_path):

@@ -175,7 +175,9 @@ def _prior_lines(card: dict) -> list:
         f"**Public prior:** the generator and critic started from the weights of "
         f"{source}, trained on `{prior['data']}` "
         f"({'non-private' if not prior['prior_private'] else 'private'}, "
-        f"{prior['prior_critic_steps']} critic steps). That data must be public (e.g. the "
+        f"{prior['prior_critic_steps']} critic steps"
+        + (f"; weights SHA-256 `{prior['prior_sha256'][:16]}…`" if prior.get("prior_sha256")
+           else "") + "). That data must be public (e.g. the "
         "built-in phantom): then the prior costs no privacy and the guarantee above covers "
         "the private data alone; tfdpgan refused it if it shared any source file with this "
         "run's data. Compare against the prior alone to see what the private data added."

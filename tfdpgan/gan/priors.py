@@ -15,19 +15,21 @@ a prior that trained on any of the private run's source volumes (same SHA-256) i
 card states the prior (tfdpgan.dp.card), and the evaluation scores the prior alone as a row of
 its own, so DP fine-tuning is not credited with what the prior already knew.
 """
+import glob
 import hashlib
 import os
 from typing import Dict, List
 
 import numpy as np
+import tensorflow as tf
 
 from tfdpgan import atomic, errors, paths, workdir
 from tfdpgan.data import records
 from tfdpgan.gan import export, models, run as run_lib, wgan
 
 __all__ = ["BUILTIN", "DEFAULT_FROZEN_STAGES", "BUILTIN_DIR", "PRIOR_JSON", "WEIGHTS_NPZ",
-           "is_builtin", "read_builtin", "networks", "check_fits", "describe", "load_into",
-           "sampler", "export_prior"]
+           "is_builtin", "read_builtin", "fingerprint", "networks", "check_fits", "describe",
+           "load_into", "sampler", "export_prior"]
 
 BUILTIN = "builtin"
 # Critic stages a run started from a prior keeps frozen unless told otherwise (issue #11, ε = 1,
@@ -63,6 +65,22 @@ def read_builtin(folder: str = None) -> dict:
     return meta
 
 
+def fingerprint(source: str) -> str:
+    """SHA-256 identity of the weights ``source`` gives: the built-in prior's weights.npz, or the
+    files of a workdir prior's latest checkpoint (what load_into restores). Recorded in the
+    card and run.json, so a run is not resumed, nor a benchmark row reused, from another prior
+    under the same name."""
+    if is_builtin(source):
+        return read_builtin()["weights_sha256"]
+    latest = tf.train.latest_checkpoint(workdir.path(source, workdir.CHECKPOINTS))
+    if latest is None:
+        raise errors.WorkdirError(f"--init_from={source}: no checkpoint (has the run started?)")
+    digest = hashlib.sha256()
+    for path in sorted(glob.glob(latest + ".*")):
+        digest.update(os.path.basename(path).encode() + b"\0" + _sha256(path).encode())
+    return digest.hexdigest()
+
+
 def _networks_text(shapes: dict) -> str:
     return (f"{shapes['patch_size']}x{shapes['patch_size']} patches, --base_filters="
             f"{shapes['base_filters']}, --latent_dim={shapes['latent_dim']}, --critic_norm="
@@ -71,7 +89,7 @@ def _networks_text(shapes: dict) -> str:
 
 def describe(source: str, rec_dir: str) -> dict:
     """What the card says about the prior ``source`` of a run on ``rec_dir``: its name, the name
-    of its data, whether it was private, its critic steps. Folder NAMES only: the card is
+    of its data, whether it was private, its critic steps, its :func:`fingerprint`. Folder NAMES only: the card is
     released, and absolute paths tell about the institution.
 
     Refuses a prior trained on any of this run's source volumes (same SHA-256): such a "prior"
@@ -98,6 +116,7 @@ def describe(source: str, rec_dir: str) -> dict:
             f"--init_from={source} was trained on {data_name}, which shares "
             f"{len(shared) or 'all'} source files with this run's private data; a prior must "
             f"come from public data (e.g. the built-in phantom)")
+    prior["prior_sha256"] = fingerprint(source)
     return prior
 
 
@@ -190,13 +209,11 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def export_prior(run_dir: str, out_dir: str = None, command: str = "") -> dict:
-    """Write the non-private run in ``run_dir`` (latest checkpoint) as a built-in prior:
-    ``weights.npz`` (per-layer weights of the three networks) and ``prior.json`` (how it was
-    made, its networks, and the SHA-256 of every source volume it trained on). Refuses a
-    private run (a prior must be public-data training; a DP run is not that) and a run whose
-    data are not the phantom (only the phantom is known to be public)."""
-    config, gan, run = run_lib.restore(run_dir)
+def _public_run(run_dir: str):
+    """(config, run.json object, dataset.json, card) of a non-private run on the built-in
+    phantom; SettingsError for any other run (only the phantom is known to be public)."""
+    run = workdir.read_run(run_dir)
+    config = run_lib.config_from_run(run)
     info = records.read_dataset_json(run["data"])
     # the records folder of default_data.prepare(config.phantom), in whichever cache root
     on_phantom = (os.path.basename(os.path.dirname(os.path.normpath(run["data"])))
@@ -206,25 +223,71 @@ def export_prior(run_dir: str, out_dir: str = None, command: str = "") -> dict:
         raise errors.SettingsError(f"{run_dir}: a built-in prior must be non-private training "
                                    f"on the built-in phantom (this run: private="
                                    f"{card['private']}, data {run['data']})")
-    phantom = config.phantom
+    return config, run, info, card
+
+
+def _lineage(own: dict, run: dict) -> dict:
+    """``own`` (data, critic_steps, source_sha256 of one public run) extended by the prior that
+    run continued (its --init_from), recursively: a prior trained in stages is described by
+    all of them, so the refusal of shared source volumes covers every stage's data."""
+    source = run.get("init_from")
+    if not source:
+        return own
+    if is_builtin(source):
+        meta = read_builtin()
+        earlier = {k: meta[k] for k in ("data", "critic_steps", "source_sha256", "command",
+                                        "weights_sha256", "continued_from") if k in meta}
+    else:
+        config, prior_run, info, card = _public_run(source)
+        earlier = _lineage({"data": _phantom_text(config.phantom),
+                            "critic_steps": card["critic_steps"],
+                            "source_sha256": sorted(_source_checksums(info)),
+                            "weights_sha256": fingerprint(source)}, prior_run)
+    if run.get("prior_sha256") not in (None, earlier["weights_sha256"]):
+        raise errors.SettingsError(f"--init_from={source} has changed since this run started "
+                                   f"from it: its first stage can no longer be described")
+    return dict(own, data=f"{earlier['data']}; then {own['data']}",
+                critic_steps=earlier["critic_steps"] + own["critic_steps"],
+                source_sha256=sorted(set(earlier["source_sha256"]) | set(own["source_sha256"])),
+                continued_from=earlier)
+
+
+def _phantom_text(phantom) -> str:
+    return (f"built-in phantom, preset {phantom.preset}, seed {phantom.seed}, "
+            f"{phantom.num_patients} patients")
+
+
+def export_prior(run_dir: str, out_dir: str = None, command: str = "") -> dict:
+    """Write the non-private run in ``run_dir`` (latest checkpoint) as a built-in prior:
+    ``weights.npz`` (per-layer weights of the three networks) and ``prior.json`` (how it was
+    made, its networks, and the SHA-256 of every source volume it trained on, including those
+    of the prior it continued, if any: ``continued_from``; ``critic_steps`` and ``data`` then
+    cover every stage). Refuses a private run (a prior must be public-data training; a DP run
+    is not that) and a run whose data, or whose prior's, are not the phantom (only the phantom
+    is known to be public)."""
+    config, run, info, card = _public_run(run_dir)
+    _, gan, _ = run_lib.restore(run_dir)
+    lineage = _lineage({"data": _phantom_text(config.phantom),
+                        "critic_steps": card["critic_steps"],
+                        "source_sha256": sorted(_source_checksums(info))}, run)
     weights = {name: _layer_weights(getattr(gan, name)) for name in _NETWORKS}
     with atomic.staged_dir(out_dir or BUILTIN_DIR, overwrite=True) as staging:
         arrays = {f"{name}.{i:03d}.{j}": w for name, layers in weights.items()
                   for i, layer in enumerate(layers) for j, w in enumerate(layer)}
         np.savez_compressed(os.path.join(staging, WEIGHTS_NPZ), **arrays)
         meta = {
-            "data": (f"built-in phantom, preset {phantom.preset}, seed {phantom.seed}, "
-                     f"{phantom.num_patients} patients"),
-            "private": False, "epsilon": None, "critic_steps": card["critic_steps"],
-            "command": command,
+            "data": lineage["data"], "private": False, "epsilon": None,
+            "critic_steps": lineage["critic_steps"], "command": command,
             # the run's settings, without its absolute paths
             "source_run": {k: v for k, v in run.items()
                            if k not in ("data", "workdir", "cache_dir")},
             "networks": networks(config, info["patch_size"]),
             "layers": {name: [len(layer) for layer in layers]
                        for name, layers in weights.items()},
-            "source_sha256": sorted(_source_checksums(info)),
+            "source_sha256": lineage["source_sha256"],
             "weights_sha256": _sha256(os.path.join(staging, WEIGHTS_NPZ)),
         }
+        if "continued_from" in lineage:
+            meta["continued_from"] = lineage["continued_from"]
         atomic.write_json_atomic(os.path.join(staging, PRIOR_JSON), meta)
     return meta

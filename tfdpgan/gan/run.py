@@ -163,15 +163,19 @@ def data_fingerprint(rec_dir: str) -> str:
     return digest.hexdigest()
 
 
-def run_record(config: TrainConfig, plan: privacy_card.Plan, rec_dir: str) -> dict:
+def run_record(config: TrainConfig, plan: privacy_card.Plan, rec_dir: str,
+               prior_sha256: Optional[str] = None) -> dict:
     """The run.json object: settings (minus logging cadence), plan, data folder and its
-    fingerprint, in JSON form (tuples become lists, so it compares equal to what is read
-    back)."""
+    fingerprint, and the prior's weights (priors.fingerprint; a changed prior under the same
+    --init_from name is another run), in JSON form (tuples become lists, so it compares equal
+    to what is read back)."""
     run = {k: v for k, v in dataclasses.asdict(config).items()
            if k not in _COSMETIC + _EXECUTION}
     run["gan"] = {k: v for k, v in run["gan"].items() if k not in _GAN_EXECUTION}
     run.update(plan.as_dict(), data=os.path.abspath(rec_dir), epsilon=str(config.epsilon),
                data_fingerprint=data_fingerprint(rec_dir))
+    if prior_sha256:
+        run["prior_sha256"] = prior_sha256
     return json.loads(json.dumps(run))
 
 

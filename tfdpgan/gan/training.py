@@ -189,7 +189,8 @@ def _run(config, flags_text, rec_dir, info, arrays, plan, strategy, prior,
     shared_dir = shared_dir or run_dir
     if flags_text:
         atomic.write_text_atomic(workdir.path(run_dir, workdir.FLAGS_TXT), flags_text)
-    run_lib.check_same_run(run_dir, run_lib.run_record(config, plan, rec_dir))
+    run_lib.check_same_run(run_dir, run_lib.run_record(
+        config, plan, rec_dir, prior_sha256=prior and prior["prior_sha256"]))
     _remove_leftovers(run_dir)
     if config.tf_seed is not None:
         # Keras initialisers without a seed draw one from Python's `random`: seed it too
