@@ -26,7 +26,8 @@ truer upper bound (about 2x the evaluation time).
 
 Each row: DSC ± SD, HD95 ± SD (mm), FID and its real floor, noise multiplier, critic steps,
 wall time. Every finished training (privacy.json + generator) and every evaluation with the
-same settings is reused, so an interrupted benchmark resumes where it stopped (a row's wall time
+same settings is reused (a training only if it started from the same prior weights, else
+refused: use a new --out_dir), so an interrupted benchmark resumes where it stopped (a row's wall time
 is its first measurement, kept in OUT_DIR/row_seconds.json). The last lines
 print dsc_ratio_inf_over_real, dsc_ratio_eps3_over_inf, dsc_eps1_minus_threshold,
 fid_ratio_inf_over_floor and the patient cohort that per-patient DP would need for the per-patch

@@ -1,6 +1,4 @@
 """The demo recipe (flags/demo.cfg, issue #11): what it trains, and what it leaves unchanged."""
-import dataclasses
-
 import pytest
 
 from tfdpgan.dp import card as privacy_card, clipping
@@ -53,22 +51,6 @@ def test_public_prior_fits_the_demo(monkeypatch):
     # another site and other patients than the demo's private phantom, so --init_from accepts
     # it for the demo (a prior sharing source volumes is refused: tests/gan/test_recipe.py)
     assert prior.phantom.preset != demo.phantom.preset and prior.phantom.seed != demo.phantom.seed
-
-
-def test_prior_stage2_continues_stage1_on_other_public_volumes(monkeypatch):
-    """flags/pretrain_phantom_stage2.cfg: stage 1's networks and recipe, started from stage 1's
-    workdir with every layer trained, on other phantom patients (another seed) of the same
-    site, non-private."""
-    stage1 = parse_train_flags(monkeypatch, "--flagfile=flags/pretrain_phantom.cfg")
-    stage2 = parse_train_flags(monkeypatch, "--flagfile=flags/pretrain_phantom_stage2.cfg")
-    assert stage2.init_from == stage1.workdir != stage2.workdir
-    assert not stage2.private and stage2.critic_frozen_stages == 0
-    assert stage2.phantom.seed != stage1.phantom.seed
-    assert stage2.phantom.preset == stage1.phantom.preset
-    assert dataclasses.replace(stage2.phantom, seed=stage1.phantom.seed,
-                               num_patients=stage1.phantom.num_patients) == stage1.phantom
-    assert dataclasses.replace(stage2, workdir=stage1.workdir, init_from=None,
-                               phantom=stage1.phantom) == stage1
 
 
 def test_fine_tuning_recipe_starts_from_the_public_prior(monkeypatch):
