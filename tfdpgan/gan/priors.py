@@ -89,8 +89,8 @@ def _networks_text(shapes: dict) -> str:
 
 def describe(source: str, rec_dir: str) -> dict:
     """What the card says about the prior ``source`` of a run on ``rec_dir``: its name, the name
-    of its data, whether it was private, its critic steps, its :func:`fingerprint`. Folder NAMES only: the card is
-    released, and absolute paths tell about the institution.
+    of its data, whether it was private, its critic steps, its :func:`fingerprint`. Folder
+    NAMES only: the card is released, and absolute paths tell about the institution.
 
     Refuses a prior trained on any of this run's source volumes (same SHA-256): such a "prior"
     would have seen the private data outside the DP mechanism."""
@@ -100,7 +100,8 @@ def describe(source: str, rec_dir: str) -> dict:
         shared = set(meta["source_sha256"]) & private_sha
         data_name, same_folder = meta["data"], False
         prior = {"workdir": BUILTIN, "data": meta["data"], "prior_private": meta["private"],
-                 "prior_epsilon": meta["epsilon"], "prior_critic_steps": meta["critic_steps"]}
+                 "prior_epsilon": meta["epsilon"], "prior_critic_steps": meta["critic_steps"],
+                 "prior_sha256": meta["weights_sha256"]}   # fingerprint(), read once
     else:
         prior_run = workdir.read_run(source)
         data_name = prior_run["data"]
@@ -110,13 +111,13 @@ def describe(source: str, rec_dir: str) -> dict:
         prior = {"workdir": os.path.basename(os.path.abspath(source)),
                  "data": os.path.basename(os.path.normpath(data_name)),
                  "prior_private": prior_card["private"], "prior_epsilon": prior_card["epsilon"],
-                 "prior_critic_steps": prior_card["critic_steps"]}
+                 "prior_critic_steps": prior_card["critic_steps"],
+                 "prior_sha256": fingerprint(source)}
     if same_folder or shared:
         raise errors.SettingsError(
             f"--init_from={source} was trained on {data_name}, which shares "
             f"{len(shared) or 'all'} source files with this run's private data; a prior must "
             f"come from public data (e.g. the built-in phantom)")
-    prior["prior_sha256"] = fingerprint(source)
     return prior
 
 
@@ -209,9 +210,11 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _public_run(run_dir: str):
-    """(config, run.json object, dataset.json, card) of a non-private run on the built-in
-    phantom; SettingsError for any other run (only the phantom is known to be public)."""
+def _public_stage(run_dir: str):
+    """(config, run.json object, dataset.json, stage) of a non-private run on the built-in
+    phantom; SettingsError for any other run (only the phantom is known to be public).
+    ``stage``: the run's own data, critic steps and source SHA-256s, what :func:`_lineage`
+    extends."""
     run = workdir.read_run(run_dir)
     config = run_lib.config_from_run(run)
     info = records.read_dataset_json(run["data"])
@@ -223,7 +226,11 @@ def _public_run(run_dir: str):
         raise errors.SettingsError(f"{run_dir}: a built-in prior must be non-private training "
                                    f"on the built-in phantom (this run: private="
                                    f"{card['private']}, data {run['data']})")
-    return config, run, info, card
+    phantom = config.phantom
+    return config, run, info, {
+        "data": (f"built-in phantom, preset {phantom.preset}, seed {phantom.seed}, "
+                 f"{phantom.num_patients} patients"),
+        "critic_steps": card["critic_steps"], "source_sha256": sorted(_source_checksums(info))}
 
 
 def _lineage(own: dict, run: dict) -> dict:
@@ -238,11 +245,8 @@ def _lineage(own: dict, run: dict) -> dict:
         earlier = {k: meta[k] for k in ("data", "critic_steps", "source_sha256", "command",
                                         "weights_sha256", "continued_from") if k in meta}
     else:
-        config, prior_run, info, card = _public_run(source)
-        earlier = _lineage({"data": _phantom_text(config.phantom),
-                            "critic_steps": card["critic_steps"],
-                            "source_sha256": sorted(_source_checksums(info)),
-                            "weights_sha256": fingerprint(source)}, prior_run)
+        _, prior_run, _, stage = _public_stage(source)
+        earlier = _lineage(dict(stage, weights_sha256=fingerprint(source)), prior_run)
     if run.get("prior_sha256") not in (None, earlier["weights_sha256"]):
         raise errors.SettingsError(f"--init_from={source} has changed since this run started "
                                    f"from it: its first stage can no longer be described")
@@ -250,11 +254,6 @@ def _lineage(own: dict, run: dict) -> dict:
                 critic_steps=earlier["critic_steps"] + own["critic_steps"],
                 source_sha256=sorted(set(earlier["source_sha256"]) | set(own["source_sha256"])),
                 continued_from=earlier)
-
-
-def _phantom_text(phantom) -> str:
-    return (f"built-in phantom, preset {phantom.preset}, seed {phantom.seed}, "
-            f"{phantom.num_patients} patients")
 
 
 def export_prior(run_dir: str, out_dir: str = None, command: str = "") -> dict:
@@ -265,11 +264,9 @@ def export_prior(run_dir: str, out_dir: str = None, command: str = "") -> dict:
     cover every stage). Refuses a private run (a prior must be public-data training; a DP run
     is not that) and a run whose data, or whose prior's, are not the phantom (only the phantom
     is known to be public)."""
-    config, run, info, card = _public_run(run_dir)
+    config, run, info, stage = _public_stage(run_dir)
     _, gan, _ = run_lib.restore(run_dir)
-    lineage = _lineage({"data": _phantom_text(config.phantom),
-                        "critic_steps": card["critic_steps"],
-                        "source_sha256": sorted(_source_checksums(info))}, run)
+    lineage = _lineage(stage, run)
     weights = {name: _layer_weights(getattr(gan, name)) for name in _NETWORKS}
     with atomic.staged_dir(out_dir or BUILTIN_DIR, overwrite=True) as staging:
         arrays = {f"{name}.{i:03d}.{j}": w for name, layers in weights.items()
