@@ -211,11 +211,12 @@ def _audit(run_dir, reuse):
 
 
 def _train(config):
-    """Train (or resume) unless the run in config.workdir is finished; returns seconds."""
+    """Train (or resume; a finished run with the same settings is reused, other settings are
+    refused by training.train); returns seconds."""
     start = time.time()
     if not workdir.is_finished(config.workdir):
         logging.info("training %s (epsilon %s)", config.workdir, config.epsilon)
-        training.train(config, flags_text=f"# benchmarks/audit.py\n--epsilon={config.epsilon}\n")
+    training.train(config, flags_text=f"# benchmarks/audit.py\n--epsilon={config.epsilon}\n")
     return time.time() - start
 
 

@@ -44,7 +44,7 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tfdpgan import atomic, train as train_command, workdir  # noqa: E402
+from tfdpgan import atomic, errors, train as train_command, workdir  # noqa: E402
 from tfdpgan.data import default_data  # noqa: E402
 from tfdpgan.dp import accounting  # noqa: E402
 from tfdpgan.evaluation import evaluate, report  # noqa: E402
@@ -106,20 +106,17 @@ def _quick(config):
 
 
 def _train(config, name):
-    """Train (or resume, or reuse) one row's generator; returns (config, card, seconds)."""
+    """Train (or resume) one row's generator; a finished row is reused only if its settings,
+    data and prior equal this run's (training.train checks the full run record, as a resume
+    does). Returns (config, card, seconds)."""
     config = dataclasses.replace(config, workdir=os.path.join(FLAGS.out_dir, name))
     start = time.time()
-    if workdir.is_finished(config.workdir):
-        # a finished row is reused only if it started from the prior this run would load
-        had = workdir.read_run(config.workdir).get("prior_sha256")
-        wants = priors.fingerprint(config.init_from) if config.init_from else None
-        if had != wants:
-            raise app.UsageError(f"{config.workdir} was trained from another prior (weights "
-                                 f"{str(had)[:12]}, now {str(wants)[:12]}); use a new --out_dir")
-        card = workdir.read_card(config.workdir)
-    else:
+    if not workdir.is_finished(config.workdir):
         print(f"[{name}] training ...", flush=True)
+    try:
         card = training.train(config)
+    except errors.WorkdirError as e:   # a finished row of another recipe, prior or data
+        raise app.UsageError(f"{e}: use a new --out_dir") from e
     return config, card, time.time() - start
 
 

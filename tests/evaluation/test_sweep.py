@@ -75,7 +75,9 @@ def test_second_run_redoes_nothing(swept, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("redone")
 
-    monkeypatch.setattr(training, "train", forbidden)
+    # training.train runs (it checks the finished run's settings) but trains and exports nothing
+    monkeypatch.setattr(training, "_loop", forbidden)
+    monkeypatch.setattr(training, "finish", forbidden)
     monkeypatch.setattr(unet, "train_unet", forbidden)
     monkeypatch.setattr(inputs, "test_cases", forbidden)   # no evaluation work at all
     lines = []

@@ -172,10 +172,20 @@ def test_infinite_epsilon_is_really_non_private(patch_records, tmp_path, monkeyp
                                    atol=1e-8)
 
 
-def test_workdir_refuses_different_settings(private_run):
-    config, _ = private_run
+def test_workdir_refuses_different_settings_and_reuses_a_finished_run(private_run):
+    config, card = private_run
+    flags_before = open(_at(config, workdir_lib.FLAGS_TXT)).read()
     with pytest.raises(ValueError, match="different settings"):
-        training.train(dataclasses.replace(config, batch_size=10))
+        training.train(dataclasses.replace(config, batch_size=10), flags_text="--batch_size=10\n")
+    assert open(_at(config, workdir_lib.FLAGS_TXT)).read() == flags_before   # not overwritten
+    # the same settings again: the finished run stands (no step, no new export)
+    outputs = [_at(config, workdir_lib.PRIVACY_JSON),
+               os.path.join(_at(config, workdir_lib.GENERATOR), "saved_model.pb")]
+    stamps = [os.stat(p).st_mtime_ns for p in outputs]
+    checkpoints = sorted(os.listdir(_at(config, workdir_lib.CHECKPOINTS)))
+    assert training.train(config, flags_text="--epsilon=3\n") == card
+    assert [os.stat(p).st_mtime_ns for p in outputs] == stamps
+    assert sorted(os.listdir(_at(config, workdir_lib.CHECKPOINTS))) == checkpoints
 
 
 def _train_cmd(data, workdir, steps):

@@ -33,7 +33,7 @@ from tfdpgan.gan import run as run_lib, training
 
 __all__ = ["RESULTS_CSV", "RESULTS_MD", "RESULTS_PNG", "BASELINES_DIR", "DEFAULT_TEST_SET",
            "CSV_COLUMNS", "SweepConfig", "eps_name", "parse_epsilons", "test_sets",
-           "training_finished", "rows_of", "run_sweep", "write_results", "render_markdown",
+           "rows_of", "run_sweep", "write_results", "render_markdown",
            "x_positions", "plot"]
 
 RESULTS_CSV = "results.csv"
@@ -100,18 +100,6 @@ def _eval_dir(run_dir: str, name: str, single_default: bool) -> str:
             else workdir.private_path(run_dir, f"{workdir.EVAL}_{name}"))
 
 
-def training_finished(run_dir: str, flags_text: str) -> bool:
-    """The run in ``run_dir`` finished (workdir.is_finished) with exactly ``flags_text`` as its
-    flags.txt (any flags.txt when ``flags_text`` is empty)."""
-    if not workdir.is_finished(run_dir):
-        return False
-    path = workdir.path(run_dir, workdir.FLAGS_TXT)
-    if not flags_text or not os.path.isfile(path):
-        return not flags_text
-    with open(path) as f:
-        return f.read() == flags_text
-
-
 def rows_of(result: dict, test_set: str, eval_dir: str, epsilon: Optional[float]) -> List[dict]:
     """results.csv rows of one evaluation report (its primary row and baselines)."""
     rows = []
@@ -137,16 +125,18 @@ def rows_of(result: dict, test_set: str, eval_dir: str, epsilon: Optional[float]
 
 def _train_point(config: SweepConfig, eps: float, run_dir: str, point_flags: str, tag: str,
                  say):
-    if training_finished(run_dir, point_flags):
-        say(f"{tag}: training finished earlier, not redone ({run_dir})")
-        return
-    say(f"{tag}: training into {run_dir} ...")
+    # training.train reuses a finished run only if its settings, data and prior are this
+    # point's (and refuses other settings in the workdir)
+    finished = workdir.is_finished(run_dir)
+    say(f"{tag}: training finished earlier, not redone ({run_dir})" if finished
+        else f"{tag}: training into {run_dir} ...")
     t = time.time()
     card = training.train(dataclasses.replace(config.train, epsilon=eps, workdir=run_dir),
                           point_flags)
-    spent = "∞" if card["epsilon"] is None else f"{card['epsilon']:.3f}"
-    say(f"{tag}: trained ({card['critic_steps']} critic steps, ε spent {spent}) in "
-        f"{time.time() - t:.0f} s")
+    if not finished:
+        spent = "∞" if card["epsilon"] is None else f"{card['epsilon']:.3f}"
+        say(f"{tag}: trained ({card['critic_steps']} critic steps, ε spent {spent}) in "
+            f"{time.time() - t:.0f} s")
 
 
 def _evaluate(ev: EvalConfig, tag: str, set_name: str, say) -> dict:

@@ -138,7 +138,9 @@ def _num_records(config, info: dict, arrays: pipeline.PatchArrays) -> int:
 
 
 def train(config: run_lib.TrainConfig, flags_text: str = "") -> dict:
-    """Run (or resume) training in ``config.workdir``; returns the final privacy card."""
+    """Run (or resume) training in ``config.workdir``; returns the final privacy card. A
+    finished run with the same settings, data and prior is not trained again (its card is
+    returned); other settings in the same workdir are refused (run.check_same_run)."""
     check_settings(config)
     strategy = distribute.make_strategy(config.strategy, config.cpu_devices)  # before any op
     rec_dir = config.data or default_data.prepare(config.phantom, config.cache_dir)[1]
@@ -187,10 +189,14 @@ def _run(config, flags_text, rec_dir, info, arrays, plan, strategy, prior,
     checkpoints and ledger are read to resume; nothing is written there)."""
     run_dir = config.workdir
     shared_dir = shared_dir or run_dir
-    if flags_text:
-        atomic.write_text_atomic(workdir.path(run_dir, workdir.FLAGS_TXT), flags_text)
     run_lib.check_same_run(run_dir, run_lib.run_record(
         config, plan, rec_dir, prior_sha256=prior and prior["prior_sha256"]))
+    if run_dir == shared_dir and workdir.is_finished(run_dir):
+        # same settings, data and prior (checked above), every step run: nothing to do
+        logging.info("%s: this run already finished; its card and generator stand", run_dir)
+        return workdir.read_card(run_dir)
+    if flags_text:   # only once the settings are known to be this run's
+        atomic.write_text_atomic(workdir.path(run_dir, workdir.FLAGS_TXT), flags_text)
     _remove_leftovers(run_dir)
     if config.tf_seed is not None:
         # Keras initialisers without a seed draw one from Python's `random`: seed it too
