@@ -72,6 +72,9 @@ def define_flags(fv: flags.FlagValues = FLAGS):
                        "the workdir of a run on PUBLIC data (e.g. flags/pretrain_phantom.cfg), "
                        "or '' for none (random initialisation). Stated on the privacy card.")
     fdef.DEFINE_integer("base_filters", d.base_filters, "Width of both networks (paper: 96).")
+    fdef.DEFINE_integer("generator_filters", None, "Width of the generator alone (default: "
+                        "--base_filters). The generator never reads private data: a wider one "
+                        "costs compute, not privacy (the DP noise scales with the critic).")
     fdef.DEFINE_enum("critic_norm", d.critic_norm, list(models.CRITIC_NORMS), "Critic "
                      "normalisation: group (GroupNorm, the paper) or none (Bie et al. 2023).")
     fdef.DEFINE_enum("generator_upsample", d.generator_upsample,
@@ -160,7 +163,7 @@ def config_from_flags(fv: flags.FlagValues = FLAGS) -> run.TrainConfig:
         patches_per_patient=fv.patches_per_patient, l2_norm_clip=fv.l2_norm_clip,
         batch_size=fv.batch_size, critic_steps=fv.critic_steps,
         critic_steps_per_generator_step=fv.n_critic, base_filters=fv.base_filters,
-        critic_norm=fv.critic_norm, generator_upsample=fv.generator_upsample,
+        generator_filters=fv.generator_filters, critic_norm=fv.critic_norm, generator_upsample=fv.generator_upsample,
         critic_frozen_stages=frozen,
         gan=gan_config, summary_every=fv.summary_every, image_every=fv.image_every,
         checkpoint_every=fv.checkpoint_every, sampling_seed=fv.sampling_seed,

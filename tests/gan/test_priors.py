@@ -40,7 +40,7 @@ def test_builtin_prior_is_public_phantom_training_with_the_demos_networks(monkey
     demo = parse_train_flags(monkeypatch)
     assert demo.init_from == priors.BUILTIN
     assert demo.critic_frozen_stages == priors.DEFAULT_FROZEN_STAGES
-    assert meta["networks"] == priors.networks(demo, demo.phantom.patch_size)
+    priors.check_fits(priors.BUILTIN, priors.networks(demo, demo.phantom.patch_size))
     assert meta["private"] is False and meta["epsilon"] is None
     source = meta["source_run"]
     assert source["epsilon"] == "inf" and source["noise_multiplier"] == 0.0
@@ -135,6 +135,28 @@ def test_exported_prior_starts_a_private_run_and_the_card_says_so(exported, patc
     for a, b in zip(fine.critic.layers, source.critic.layers):
         if a in frozen:
             assert all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights()))
+
+
+def test_a_wider_generator_leaves_the_critic_and_the_card_alone(exported, patch_records,
+                                                                tmp_path, monkeypatch):
+    """--generator_filters widens the generator only: the critic (the network that reads
+    private data) and so the DP noise and the card are those of the plain run; a prior of
+    another generator width is refused before any folder is made."""
+    wide = _config(tmp_path, "wide", data=patch_records, generator_filters=8)
+    plain = _config(tmp_path, "plain", data=patch_records)
+    assert training.train(wide) == training.train(plain)
+    _, wide_gan, _ = run.restore(wide.workdir)
+    _, plain_gan, _ = run.restore(plain.workdir)
+    assert [v.shape for v in wide_gan.critic.weights] == [
+        v.shape for v in plain_gan.critic.weights]
+    assert wide_gan.generator.count_params() > 2 * plain_gan.generator.count_params()
+    monkeypatch.setattr(priors, "BUILTIN_DIR", exported["out"])
+    refused = _config(tmp_path, "refused", data=patch_records, init_from=priors.BUILTIN,
+                      generator_filters=8)
+    with pytest.raises(errors.SettingsError, match="--generator_filters=4.*"
+                                                   "--generator_filters=8"):
+        training.train(refused)
+    assert not os.path.exists(refused.workdir)
 
 
 def test_exported_prior_refuses_its_own_training_data(exported, tmp_path, monkeypatch):

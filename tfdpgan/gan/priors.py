@@ -83,7 +83,8 @@ def fingerprint(source: str) -> str:
 
 def _networks_text(shapes: dict) -> str:
     return (f"{shapes['patch_size']}x{shapes['patch_size']} patches, --base_filters="
-            f"{shapes['base_filters']}, --latent_dim={shapes['latent_dim']}, --critic_norm="
+            f"{shapes['base_filters']}, --generator_filters={shapes['generator_filters']}, "
+            f"--latent_dim={shapes['latent_dim']}, --critic_norm="
             f"{shapes['critic_norm']}, --generator_upsample={shapes['generator_upsample']}")
 
 
@@ -124,13 +125,19 @@ def describe(source: str, rec_dir: str) -> dict:
 def networks(config: run_lib.TrainConfig, patch_size: int) -> dict:
     """The settings that decide a run's network shapes."""
     return {"patch_size": int(patch_size), "base_filters": config.base_filters,
+            "generator_filters": run_lib.generator_width(config),
             "latent_dim": config.gan.latent_dim, "critic_norm": config.critic_norm,
             "generator_upsample": config.generator_upsample}
 
 
+def _with_generator_width(shapes: dict) -> dict:
+    # priors exported before --generator_filters existed have one width for both networks
+    return {"generator_filters": shapes["base_filters"], **shapes}
+
+
 def _prior_networks(source: str) -> dict:
     if is_builtin(source):
-        return read_builtin()["networks"]
+        return _with_generator_width(read_builtin()["networks"])
     prior_run = workdir.read_run(source)
     return networks(run_lib.config_from_run(prior_run),
                     records.read_dataset_json(prior_run["data"])["patch_size"])
@@ -181,7 +188,7 @@ def load_into(gan: wgan.WGAN, source: str):
         theirs = [[tuple(w.shape) for w in layer] for layer in weights[name]]
         if mine != theirs:
             raise errors.SettingsError(f"--init_from={source}: its {name} does not fit this "
-                                       f"run's networks (patch size, --base_filters, --latent_dim, "
+                                       f"run's networks (patch size, --base_filters, --generator_filters, --latent_dim, "
                                        f"--critic_norm or --generator_upsample differ)")
         for layer, values in zip(model.layers, weights[name]):
             layer.set_weights(values)
@@ -192,9 +199,9 @@ def sampler(source: str):
     export.load_generator: a workdir's exported SavedModel, or the built-in weights."""
     if not is_builtin(source):
         return export.load_generator(workdir.path(source, workdir.GENERATOR))
-    shapes = read_builtin()["networks"]
+    shapes = _with_generator_width(read_builtin()["networks"])
     generator = models.build_generator(shapes["latent_dim"], shapes["patch_size"],
-                                       shapes["base_filters"],
+                                       shapes["generator_filters"],
                                        upsample=shapes["generator_upsample"])
     for layer, values in zip(generator.layers, _builtin_weights()["release_generator"]):
         layer.set_weights(values)

@@ -19,7 +19,7 @@ from tfdpgan.dp import card as privacy_card
 from tfdpgan.gan import export, models, wgan
 
 __all__ = ["TrainConfig", "group_size", "build_generator", "build_wgan", "make_checkpoint",
-           "run_record", "data_fingerprint", "check_same_run", "config_from_run", "plan_from_run",
+           "generator_width", "run_record", "data_fingerprint", "check_same_run", "config_from_run", "plan_from_run",
            "restore", "release_assets", "export_from_workdir"]
 
 # Settings that do not change what a run computes: logging cadence and content, and whether ε and σ were
@@ -52,6 +52,9 @@ class TrainConfig:
     critic_steps: int = 3000                 # planned critic (DP) steps
     critic_steps_per_generator_step: int = 5
     base_filters: int = 16
+    # generator width (None = base_filters): the generator never reads private data, so
+    # its size costs compute only, no privacy; the critic's (base_filters) sets the DP noise
+    generator_filters: Optional[int] = None
     critic_norm: str = "group"               # models.CRITIC_NORMS: group (paper) | none
     generator_upsample: str = "transpose"    # models.GENERATOR_UPSAMPLES: transpose | resize
     critic_frozen_stages: int = 0            # first k critic stages kept from --init_from
@@ -90,6 +93,11 @@ def group_size(config: TrainConfig) -> int:
     return config.patches_per_patient if config.privacy_unit == "patient" else 1
 
 
+def generator_width(config: TrainConfig) -> int:
+    """Base filters of the generator: --generator_filters, else --base_filters."""
+    return config.generator_filters or config.base_filters
+
+
 def build_wgan(config: TrainConfig, patch_size: int, plan: privacy_card.Plan) -> wgan.WGAN:
     """Fresh networks and optimizers for ``config`` with the plan's noise multiplier (under
     the current tf.distribute strategy: call it inside ``strategy.scope()``)."""
@@ -97,7 +105,7 @@ def build_wgan(config: TrainConfig, patch_size: int, plan: privacy_card.Plan) ->
         config.gan, private=config.private, l2_norm_clip=config.l2_norm_clip,
         noise_multiplier=plan.noise_multiplier, expected_batch_size=float(config.batch_size),
         group_size=group_size(config))
-    generator = build_generator(gan_config, patch_size, config.base_filters,
+    generator = build_generator(gan_config, patch_size, generator_width(config),
                                 config.generator_upsample)
     critic = models.build_critic(patch_size, config.base_filters,
                                  normalization=config.critic_norm)
