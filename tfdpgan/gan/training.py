@@ -191,10 +191,12 @@ def _run(config, flags_text, rec_dir, info, arrays, plan, strategy, prior,
     shared_dir = shared_dir or run_dir
     run_lib.check_same_run(run_dir, run_lib.run_record(
         config, plan, rec_dir, prior_sha256=prior and prior["prior_sha256"]))
-    if run_dir == shared_dir and workdir.is_finished(run_dir):
-        # same settings, data and prior (checked above), every step run: nothing to do
-        logging.info("%s: this run already finished; its card and generator stand", run_dir)
-        return workdir.read_card(run_dir)
+    if _finished(shared_dir, plan):
+        # same settings, data and prior (checked above), every step run: nothing to do (on
+        # every process alike: each reads the chief's workdir, so none waits for the others)
+        logging.info("%s: this run already finished; its card and generator stand",
+                     shared_dir)
+        return workdir.read_card(shared_dir)
     if flags_text:   # only once the settings are known to be this run's
         atomic.write_text_atomic(workdir.path(run_dir, workdir.FLAGS_TXT), flags_text)
     _remove_leftovers(run_dir)
@@ -230,6 +232,14 @@ def _run(config, flags_text, rec_dir, info, arrays, plan, strategy, prior,
     _loop(config, plan, gan, schedule, data, step, manager, writers)
     return finish(run_dir, gan, config, plan, int(step), info, writers, prior,
                   discarded=discarded_steps(shared_dir))
+
+
+def _finished(run_dir, plan) -> bool:
+    """The run wrote its card and generator and its latest checkpoint is at the last planned
+    step (less the steps rolled back after a divergence): training would do nothing."""
+    latest = tf.train.latest_checkpoint(workdir.path(run_dir, workdir.CHECKPOINTS))
+    return (workdir.is_finished(run_dir) and latest is not None
+            and int(latest.rsplit("-", 1)[1]) >= plan.critic_steps - discarded_steps(run_dir))
 
 
 def _resume(manager, latest, gan, step, seed, schedule):
