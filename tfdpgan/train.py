@@ -91,6 +91,8 @@ def define_flags(fv: flags.FlagValues = FLAGS):
                      "wgan_gp: per-example gradient penalty; hinge; ns (non-saturating).")
     fdef.DEFINE_float("weight_clip", g.weight_clip, "Critic weight clip for --loss=wgan.")
     fdef.DEFINE_float("gp_weight", g.gp_weight, "Gradient-penalty weight for --loss=wgan_gp.")
+    fdef.DEFINE_float("r1_weight", g.r1_weight, "R1 penalty gamma (0.5*gamma*||grad D(real)||^2 "
+                      "per row) for --loss=hinge|ns; 0 = off. Uses the slower vmap clipping.")
     fdef.DEFINE_float("adam_beta1", g.adam_beta1, "Adam β1 (--optimizer=adam).")
     fdef.DEFINE_float("adam_beta2", g.adam_beta2, "Adam β2 (--optimizer=adam).")
     fdef.DEFINE_enum("dp_backend", g.dp_backend, list(step.BACKENDS), "fast: ghost-norm "
@@ -151,7 +153,7 @@ def config_from_flags(fv: flags.FlagValues = FLAGS) -> run.TrainConfig:
         patch_size=fv.patch_size, patches_per_patient=fv.phantom_patches_per_patient)
     gan_config = wgan.WGANConfig(
         latent_dim=fv.latent_dim, loss=fv.loss, weight_clip=fv.weight_clip,
-        gp_weight=fv.gp_weight, optimizer=fv.optimizer, critic_lr=fv.critic_lr,
+        gp_weight=fv.gp_weight, r1_weight=fv.r1_weight, optimizer=fv.optimizer, critic_lr=fv.critic_lr,
         generator_lr=fv.generator_lr, adam_beta1=fv.adam_beta1, adam_beta2=fv.adam_beta2,
         dp_backend=fv.dp_backend, ema_decay=fv.ema_decay, instance_noise=fv.instance_noise,
         jit_compile=fv.jit_compile,

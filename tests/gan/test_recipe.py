@@ -163,6 +163,26 @@ def test_modern_losses_train_privately_without_weight_clipping(patch_records, tm
     assert max(np.abs(v.numpy()).max() for v in gan.critic.trainable_variables) > 0.01
 
 
+def test_r1_penalty_costs_no_privacy_and_uses_the_per_example_path(patch_records, tmp_path,
+                                                                   plain_card):
+    """R1 changes each row's loss (row i alone) and not the sampling: the card is unchanged."""
+    gan_config = dataclasses.replace(TINY["gan"], loss="ns", r1_weight=10.0)
+    config = _config(tmp_path, patch_records, "r1", gan=gan_config, critic_norm="none")
+    card = training.train(config)
+    assert _privacy(card) == _privacy(plain_card)
+    _, gan, _ = run.restore(config.workdir)
+    assert gan.config.r1_weight == 10.0 and gan.private_step.clipping_method == "vmap"
+
+
+@pytest.mark.parametrize("loss", ["wgan", "wgan_gp"])
+def test_r1_penalty_is_refused_for_wasserstein_losses(patch_records, tmp_path, loss):
+    gan_config = dataclasses.replace(TINY["gan"], loss=loss, r1_weight=1.0)
+    config = _config(tmp_path, patch_records, "r1_" + loss, gan=gan_config)
+    with pytest.raises(errors.SettingsError, match="r1_weight.*hinge or ns"):
+        training.train(config)
+    assert not os.path.exists(config.workdir)
+
+
 def test_restore_refuses_a_checkpoint_of_other_networks(patch_records, tmp_path):
     """run.restore never hands back silently random networks (export, --init_from)."""
     config = _config(tmp_path, patch_records, "w", critic_steps=2)

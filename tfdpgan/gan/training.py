@@ -103,6 +103,7 @@ class Writers:
 
 def check_settings(config: run_lib.TrainConfig):
     """Refuse settings that are invalid before anything is read or written."""
+    wgan.check_config(config.gan)
     if config.privacy_unit not in privacy_card.UNITS:
         raise errors.SettingsError(f"privacy_unit must be one of {privacy_card.UNITS}, got "
                                    f"{config.privacy_unit!r}")

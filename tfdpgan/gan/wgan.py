@@ -5,7 +5,8 @@ label mapped {0, 1} -> {-1, 1}.
 
 Critic step (the only code that reads real data): for a Poisson-sampled batch of B real rows,
 draw B fakes and use the per-row loss  w_j * critic_loss(real_j, fake_j)  (+ gp_weight *
-penalty_j for wgan_gp; gan/losses.py). A privacy record is ``group_size`` = k consecutive rows:
+penalty_j for wgan_gp, + r1_weight / 2 * ||grad D(real_j)||^2 for hinge/ns with R1;
+gan/losses.py). A privacy record is ``group_size`` = k consecutive rows:
 one patch (k = 1, w = 1) or the k patch slots of one patient (w = 1/k for a real patch, 0 for
 padding). The update is tfdpgan.dp.step.PrivateStep: each record's gradient clipped to C,
 Gaussian noise noise_multiplier * C, divided by the EXPECTED number of records. The generator
@@ -39,7 +40,7 @@ from tfdpgan import distribute, errors
 from tfdpgan.dp import clipping, spectral, step
 from tfdpgan.gan import losses
 
-__all__ = ["LOSSES", "WGANConfig", "WGAN", "to_pairs"]
+__all__ = ["LOSSES", "WGANConfig", "WGAN", "check_config", "to_pairs"]
 
 LOSSES = losses.LOSSES
 MIXED_PRECISION = ("bfloat16", "float16")   # the generator's compute dtype (run.build_generator)
@@ -51,6 +52,7 @@ class WGANConfig:
     loss: str = "wgan"
     weight_clip: float = 0.01         # loss=wgan: critic weights clipped to [-c, c]
     gp_weight: float = 10.0           # loss=wgan_gp
+    r1_weight: float = 0.0            # loss=hinge|ns: gamma of the R1 penalty (0 = off)
     optimizer: str = "rmsprop"        # rmsprop | adam
     critic_lr: float = 5e-5
     generator_lr: float = 5e-5
@@ -66,6 +68,16 @@ class WGANConfig:
     instance_noise: float = 0.0        # std of N(0, s^2) added to every pair the critic sees
     jit_compile: bool = False          # XLA for the critic's and generator's gradients
     mixed_precision: Optional[str] = None  # None (float32) | bfloat16 | float16: generator
+
+
+def check_config(config: WGANConfig):
+    """Refuse a loss setting that cannot train (errors.SettingsError)."""
+    if config.loss not in LOSSES:
+        raise errors.SettingsError(f"unknown loss {config.loss!r}; choose from {LOSSES}")
+    if config.r1_weight < 0 or (config.r1_weight > 0 and config.loss not in ("hinge", "ns")):
+        raise errors.SettingsError(
+            f"--r1_weight={config.r1_weight} needs a value >= 0 and is for --loss=hinge or ns "
+            f"(got --loss={config.loss}; wgan_gp has its own --gp_weight)")
 
 
 def to_pairs(image, label):
@@ -97,8 +109,7 @@ class WGAN(tf.Module):
                           if self.replicas > 1 or config.jit_compile else None)
         self.rng = _random_generator(seed)
         self.log_rng = _random_generator(None if seed is None else seed + 1)
-        if config.loss not in LOSSES:
-            raise errors.SettingsError(f"unknown loss {config.loss!r}; choose from {LOSSES}")
+        check_config(config)
         self.generator, self.critic, self.config = generator, critic, config
         clipping.check_per_example(critic)
         dp_backend = config.dp_backend if config.private else None
@@ -116,6 +127,8 @@ class WGAN(tf.Module):
         if config.ema_decay > 0:
             self.ema_generator = tf.keras.models.clone_model(generator)
             self.ema_generator.set_weights(generator.get_weights())
+        # gradient penalties differentiate through grad_x D: per-example gradients by vmap
+        self.second_order = config.loss == "wgan_gp" or config.r1_weight > 0
         self.private_step = None
         if config.private:
             self.private_step = step.PrivateStep(
@@ -123,7 +136,7 @@ class WGAN(tf.Module):
                 l2_norm_clip=config.l2_norm_clip, noise_multiplier=config.noise_multiplier,
                 expected_batch_size=config.expected_batch_size, group_size=config.group_size,
                 backend=config.dp_backend,
-                clipping_method="vmap" if config.loss == "wgan_gp" else "ghost", rng=self.rng,
+                clipping_method="vmap" if self.second_order else "ghost", rng=self.rng,
                 jit_compile=config.jit_compile)
         self._plain_gradients = (tf.function(self._plain_gradients_fn, jit_compile=True)
                                  if config.jit_compile else self._plain_gradients_fn)
@@ -148,6 +161,8 @@ class WGAN(tf.Module):
         loss = losses.critic_loss(self.config.loss)(critic, (real, fake))
         if self.config.loss == "wgan_gp":
             loss += self.config.gp_weight * losses.gradient_penalty(critic, real, fake, alpha)
+        if self.config.r1_weight > 0:
+            loss += 0.5 * self.config.r1_weight * losses.r1_penalty(critic, real)
         return weight * loss
 
     def _sample(self, n, training, rng=None):
