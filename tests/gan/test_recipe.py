@@ -194,3 +194,21 @@ def test_restore_refuses_a_checkpoint_of_other_networks(patch_records, tmp_path)
     json.dump(record, open(run_json, "w"))
     with pytest.raises(errors.WorkdirError, match="does not match"):
         run.restore(config.workdir)
+
+
+def test_restore_reads_the_checkpoint_it_is_given(patch_records, tmp_path):
+    """benchmarks/prior_fid.py scores a run checkpoint by checkpoint: restore(run, prefix)
+    must give that checkpoint's networks, not the latest's."""
+    config = _config(tmp_path, patch_records, "ckpts", epsilon=float("inf"), checkpoint_every=3,
+                     keep_checkpoints=3)
+    training.train(config)
+    state = tf.train.get_checkpoint_state(workdir.path(config.workdir, workdir.CHECKPOINTS))
+    first, last = state.all_model_checkpoint_paths[0], state.model_checkpoint_path
+    assert first.endswith("ckpt-3") and last.endswith("ckpt-6")
+    _, early, _ = run.restore(config.workdir, first)
+    _, late, _ = run.restore(config.workdir, last)
+    _, latest, _ = run.restore(config.workdir)
+    for a, b in zip(late.generator.get_weights(), latest.generator.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in
+               zip(early.generator.get_weights(), late.generator.get_weights()))

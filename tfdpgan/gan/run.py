@@ -220,17 +220,18 @@ def plan_from_run(run: dict) -> privacy_card.Plan:
     return privacy_card.Plan.from_dict(run)
 
 
-def restore(run_dir: str) -> Tuple[TrainConfig, wgan.WGAN, dict]:
+def restore(run_dir: str, checkpoint: str = None) -> Tuple[TrainConfig, wgan.WGAN, dict]:
     """(config, gan, run.json object) of the run in ``run_dir``, networks and optimizers
-    restored from its latest checkpoint. WorkdirError if it has none, or if the checkpoint's
-    networks do not match the run's settings."""
+    restored from its latest checkpoint (or the given ``checkpoint`` prefix of that run).
+    WorkdirError if it has none, or if the checkpoint's networks do not match the run's
+    settings."""
     run = workdir.read_run(run_dir)
     config = config_from_run(run)
     patch_size = records.read_dataset_json(run["data"])["patch_size"]
     gan = build_wgan(config, patch_size, plan_from_run(run))
     ckpt = make_checkpoint(gan, tf.Variable(0, dtype=tf.int64), tf.Variable(0, dtype=tf.int64),
                            with_rng=False)
-    latest = tf.train.latest_checkpoint(workdir.path(run_dir, workdir.CHECKPOINTS))
+    latest = checkpoint or tf.train.latest_checkpoint(workdir.path(run_dir, workdir.CHECKPOINTS))
     if latest is None:
         raise errors.WorkdirError(f"{run_dir}: no checkpoint (has the run started?)")
     try:
