@@ -21,7 +21,6 @@ Resumable: the trainer resumes its run, scored checkpoints are kept in OUT_DIR/s
 (refused, with a message, when they were made with other settings). Table: --output.
 """
 import dataclasses
-import json
 import os
 import re
 import shlex
@@ -98,13 +97,6 @@ def _checkpoints(run_dir):
     return {int(re.search(r"ckpt-(\d+)$", p).group(1)): p for p in paths}
 
 
-def _load(path: str) -> dict:
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
-    return {}
-
-
 def main(argv):
     del argv
     config = _config()
@@ -114,7 +106,7 @@ def main(argv):
     settings = {"recipe": os.path.relpath(FLAGS.recipe, ROOT), "extra": FLAGS.extra,
                 "critic_steps": FLAGS.critic_steps, "every": FLAGS.every, "fid_samples": n,
                 "quick": FLAGS.quick}
-    scores = _load(scores_path)
+    scores = inputs.read_json_or_none(scores_path) or {}
     if scores and scores.get("settings") != settings:
         raise app.UsageError(f"{scores_path}: scored with other settings "
                              f"({scores.get('settings')}): use a new --out_dir")

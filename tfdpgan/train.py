@@ -153,8 +153,9 @@ def config_from_flags(fv: flags.FlagValues = FLAGS) -> run.TrainConfig:
         patch_size=fv.patch_size, patches_per_patient=fv.phantom_patches_per_patient)
     gan_config = wgan.WGANConfig(
         latent_dim=fv.latent_dim, loss=fv.loss, weight_clip=fv.weight_clip,
-        gp_weight=fv.gp_weight, r1_weight=fv.r1_weight, optimizer=fv.optimizer, critic_lr=fv.critic_lr,
-        generator_lr=fv.generator_lr, adam_beta1=fv.adam_beta1, adam_beta2=fv.adam_beta2,
+        gp_weight=fv.gp_weight, r1_weight=fv.r1_weight, optimizer=fv.optimizer,
+        critic_lr=fv.critic_lr, generator_lr=fv.generator_lr, adam_beta1=fv.adam_beta1,
+        adam_beta2=fv.adam_beta2,
         dp_backend=fv.dp_backend, ema_decay=fv.ema_decay, instance_noise=fv.instance_noise,
         jit_compile=fv.jit_compile,
         mixed_precision=None if fv.mixed_precision == "off" else fv.mixed_precision)

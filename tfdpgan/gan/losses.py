@@ -61,11 +61,7 @@ def gradient_penalty(critic, real, fake, alpha=None):
     if alpha is None:
         alpha = tf.random.uniform([tf.shape(real)[0], 1, 1, 1])
     mixed = alpha * real + (1.0 - alpha) * fake
-    with tf.GradientTape() as tape:
-        tape.watch(mixed)
-        score = critic(mixed, training=True)
-    grad = tape.gradient(score, mixed)
-    norm = tf.sqrt(tf.reduce_sum(tf.square(grad), axis=[1, 2, 3]) + 1e-12)
+    norm = tf.sqrt(_squared_input_gradient_norm(critic, mixed) + 1e-12)
     return tf.square(norm - 1.0)
 
 
@@ -73,8 +69,12 @@ def r1_penalty(critic, real):
     """Per-row R1 penalty ||grad_x D(real_i)||^2 at the real row itself (Mescheder et al.
     2018): a zero-centred gradient penalty for ``hinge``/``ns``. Row i's value depends on
     real_i alone; second order in the critic, so only the vmap clipping path supports it."""
+    return _squared_input_gradient_norm(critic, real)
+
+
+def _squared_input_gradient_norm(critic, x):
+    """||grad_x D(x_i)||^2 per row [B] (each row's score depends on that row alone)."""
     with tf.GradientTape() as tape:
-        tape.watch(real)
-        score = critic(real, training=True)
-    grad = tape.gradient(score, real)
-    return tf.reduce_sum(tf.square(grad), axis=[1, 2, 3])
+        tape.watch(x)
+        score = critic(x, training=True)
+    return tf.reduce_sum(tf.square(tape.gradient(score, x)), axis=[1, 2, 3])

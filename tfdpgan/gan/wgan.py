@@ -128,7 +128,7 @@ class WGAN(tf.Module):
             self.ema_generator = tf.keras.models.clone_model(generator)
             self.ema_generator.set_weights(generator.get_weights())
         # gradient penalties differentiate through grad_x D: per-example gradients by vmap
-        self.second_order = config.loss == "wgan_gp" or config.r1_weight > 0
+        second_order = config.loss == "wgan_gp" or config.r1_weight > 0
         self.private_step = None
         if config.private:
             self.private_step = step.PrivateStep(
@@ -136,7 +136,7 @@ class WGAN(tf.Module):
                 l2_norm_clip=config.l2_norm_clip, noise_multiplier=config.noise_multiplier,
                 expected_batch_size=config.expected_batch_size, group_size=config.group_size,
                 backend=config.dp_backend,
-                clipping_method="vmap" if self.second_order else "ghost", rng=self.rng,
+                clipping_method="vmap" if second_order else "ghost", rng=self.rng,
                 jit_compile=config.jit_compile)
         self._plain_gradients = (tf.function(self._plain_gradients_fn, jit_compile=True)
                                  if config.jit_compile else self._plain_gradients_fn)
