@@ -77,8 +77,9 @@ def _config():
 
 def _private_site_patches(config, n: int) -> tuple:
     """Two disjoint sets of n real training patches of the private site (utility.py's)."""
-    site = default_data.PhantomDataConfig(seed=1, patch_size=config.phantom.patch_size,
-                                          patches_per_patient=config.phantom.patches_per_patient)
+    site = default_data.benchmark_private_site(
+        patch_size=config.phantom.patch_size,
+        patches_per_patient=config.phantom.patches_per_patient)
     if FLAGS.quick:
         site = dataclasses.replace(site, num_patients=6, num_test=2, patches_per_patient=60)
     rec_dir = default_data.prepare(site)[1]

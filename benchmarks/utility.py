@@ -203,8 +203,9 @@ def _cohort(private_phantom):
 def _rows():
     recipe, prior_recipe = _recipe(FLAGS.recipe), _recipe(FLAGS.prior_recipe)
     prior = _builtin_prior() if FLAGS.prior == "builtin" else None   # refused before any work
-    private_phantom = _phantom(FLAGS.private_preset, seed=1, patch_size=recipe.phantom.patch_size,
-                               patches_per_patient=recipe.phantom.patches_per_patient)
+    private_phantom = default_data.benchmark_private_site(
+        FLAGS.private_preset, patch_size=recipe.phantom.patch_size,
+        patches_per_patient=recipe.phantom.patches_per_patient)
     private_phantom = _quick(dataclasses.replace(recipe, phantom=private_phantom)).phantom
     cohort = _cohort(private_phantom)
     test_nifti = default_data.prepare(cohort)[0]     # THE test volumes of every row (imagesTs)

@@ -37,3 +37,16 @@ def test_env_var_moves_the_cache(monkeypatch, tmp_path):
         default_data.prepare(default_data.PhantomDataConfig(shape=(4, 4, 4)))
     assert not any(name.startswith("phantom-") and os.listdir(tmp_path / name)
                    for name in os.listdir(tmp_path))
+
+
+def test_benchmark_private_site_is_data_no_prior_saw():
+    # the benchmarks' private site must not be the built-in prior's data (its recorded seed)
+    # nor the default data set (seed 0, which benchmarks/utility.py's own prior trains on)
+    from tfdpgan.gan import priors
+    site = default_data.benchmark_private_site(patch_size=16)
+    builtin = priors.read_builtin()["source_run"]["phantom"]
+    assert site.seed not in (builtin["seed"], default_data.PhantomDataConfig().seed)
+    assert site.key() != default_data.PhantomDataConfig(patch_size=16).key()
+    assert (site.preset, site.patch_size) == ("default", 16)
+    assert default_data.benchmark_private_site("site_b").preset == "site_b"
+    assert default_data.benchmark_private_site(None).preset == "default"

@@ -17,7 +17,8 @@ import tfdpgan
 from tfdpgan import paths
 from tfdpgan.data import convert, phantom, volumes
 
-__all__ = ["default_cache_dir", "PhantomDataConfig", "prepare"]
+__all__ = ["default_cache_dir", "PhantomDataConfig", "prepare", "benchmark_private_site",
+           "BENCHMARK_PRIVATE_SEED"]
 
 
 def default_cache_dir() -> str:
@@ -54,6 +55,20 @@ class PhantomDataConfig:
         text = json.dumps([dataclasses.asdict(self), dataclasses.asdict(self.phantom_config()),
                            phantom.GENERATOR_VERSION, tfdpgan.__version__], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# The phantom seed of the benchmarks' "private site". Public priors use other seeds (the
+# built-in prior 1000, benchmarks/utility.py's trained prior 0), so no prior saw its patients.
+BENCHMARK_PRIVATE_SEED = 1
+
+
+def benchmark_private_site(preset: str = None, **changes) -> PhantomDataConfig:
+    """The benchmarks' stand-in for a hospital's private data (benchmarks/utility.py fine-tunes
+    and tests on it, benchmarks/prior_fid.py scores priors against it): the phantom with seed
+    BENCHMARK_PRIVATE_SEED and ``preset`` (None: "default"); ``changes`` set other fields
+    (e.g. the recipe's patch size)."""
+    config = PhantomDataConfig(seed=BENCHMARK_PRIVATE_SEED, **changes)
+    return dataclasses.replace(config, preset=preset) if preset else config
 
 
 def prepare(config: PhantomDataConfig = PhantomDataConfig(), cache_dir: str = None):
