@@ -31,7 +31,7 @@ refused: use a new --out_dir), so an interrupted benchmark resumes where it stop
 is its first measurement, kept in OUT_DIR/row_seconds.json). The last lines
 print dsc_ratio_inf_over_real, dsc_ratio_eps3_over_inf, dsc_eps1_minus_threshold,
 fid_ratio_inf_over_floor and the patient cohort that per-patient DP would need for the per-patch
-ε = 3 row's noise/signal (the planner's answer, cohort_needed). The table goes to
+ε = 3 row's noise/signal (tfdpgan.dp.card.records_needed). The table goes to
 benchmarks/results/utility.txt (--output).
 """
 import dataclasses
@@ -46,7 +46,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tfdpgan import atomic, errors, train as train_command, workdir  # noqa: E402
 from tfdpgan.data import default_data  # noqa: E402
-from tfdpgan.dp import accounting  # noqa: E402
+from tfdpgan.dp import card as privacy_card  # noqa: E402
 from tfdpgan.evaluation import evaluate, report  # noqa: E402
 from tfdpgan.evaluation.config import EvalConfig  # noqa: E402
 from tfdpgan.gan import priors, training  # noqa: E402
@@ -248,26 +248,6 @@ def _rows():
     return rows, test_nifti
 
 
-def cohort_needed(noise_per_signal: float, batch: float, steps: int, epsilon: float,
-                  accountant: str, largest: int = 10**7):
-    """The planner's answer to "how many patients would per-patient DP need": the smallest
-    cohort N at which ``steps`` critic steps of ``batch`` expected patients at ``epsilon`` have
-    noise/signal σ/batch <= ``noise_per_signal`` (e.g. the per-patch ε = 3 row's σ/B), found
-    by bisection on N (σ falls as N grows); None if even ``largest`` patients do not reach it."""
-    def ratio(n):       # σ as training would calibrate it (tfdpgan.dp.card.make_plan)
-        return accounting.calibrate_noise(epsilon, batch / n, steps,
-                                          accounting.default_delta(n), accountant) / batch
-    low, high = int(math.ceil(batch)), largest
-    if ratio(high) > noise_per_signal:
-        return None
-    if ratio(low) <= noise_per_signal:
-        return low
-    while high - low > max(1, low // 100):          # 1 % resolution
-        mid = (low + high) // 2
-        low, high = (low, mid) if ratio(mid) <= noise_per_signal else (mid, high)
-    return high
-
-
 def _cohort_line(by):
     """Patients the per-patient row would need to match the per-patch ε = 3 row's noise/signal,
     at that row's expected batch (as patients) and steps."""
@@ -275,8 +255,9 @@ def _cohort_line(by):
     if not patch.get("noise_multiplier") or not patch.get("expected_batch_size"):
         return "patient_cohort_for_patch_eps3_noise -"
     batch, steps = patch["expected_batch_size"], patch["critic_steps"]
-    n = cohort_needed(patch["noise_multiplier"] / batch, batch, steps, 3.0,
-                      patch.get("accountant") or "pld")
+    n = privacy_card.records_needed(patch["noise_multiplier"] / batch,
+                                    expected_batch_size=batch, critic_steps=steps, epsilon=3.0,
+                                    accountant=patch.get("accountant") or "pld")
     return (f"patient_cohort_for_patch_eps3_noise {n if n else '> 1e7'} (batch {batch:g} "
             f"patients, {steps} steps, σ/B {patch['noise_multiplier'] / batch:.4f})")
 

@@ -4,6 +4,8 @@
                                                    an old flat workdir's W/privacy.json too)
   python -m tfdpgan.privacy --plan --num_records=N --batch_size=B --critic_steps=T --epsilon=E
   python -m tfdpgan.privacy --plan --data=REC --privacy_unit=patient --batch_size=16 ...
+  python -m tfdpgan.privacy --plan ... --epsilon=3 --noise_to_signal=0.009
+                                                   and how many records would reach that σ/B
 
 The plan uses the same functions as training (tfdpgan.dp.card.make_plan, count_records).
 """
@@ -35,6 +37,10 @@ def define_flags(fv: flags.FlagValues = FLAGS):
     fdef.DEFINE_float("epsilon", None, "--plan: target ε to calibrate the noise for.")
     fdef.DEFINE_float("delta", None, "--plan: δ (default min(1e-5, 1/(10 N))).")
     fdef.DEFINE_enum("accountant", "pld", ["rdp", "pld"], "--plan: accountant.")
+    fdef.DEFINE_float("noise_to_signal", None, "--plan with --epsilon: also print the number "
+                      "of records (e.g. patients) at which this batch size, step count and ε "
+                      "would have noise/signal σ/B at most this. For scale: the demo's "
+                      "per-patch ε = 3 runs at 0.0090 (README, issue #11).")
 
 
 def plan(fv: flags.FlagValues = FLAGS):
@@ -57,7 +63,36 @@ def plan(fv: flags.FlagValues = FLAGS):
           f"{card['noise_multiplier']:.4f}, delta {card['delta']:.3g}: epsilon "
           f"{fmt(card['epsilon'])} ({card['accountant']}; RDP {fmt(card['epsilon_rdp'])}, "
           f"PLD {fmt(card['epsilon_pld'])})")
+    sigma = card["noise_multiplier"] or 0.0
+    print(f"noise/signal sigma/B = {sigma / fv.batch_size:.4g} (noise std per coordinate "
+          f"against {fv.batch_size:g} clipped records)")
+    if fv.noise_to_signal is not None:
+        _print_records_needed(fv, card)
     print(json.dumps(card, indent=2))
+
+
+def _print_records_needed(fv, card):
+    if fv.epsilon is None or fv.noise_to_signal <= 0:
+        raise app.UsageError("--noise_to_signal needs --epsilon and a positive value")
+    unit = privacy_card.PLURAL[card["privacy_unit"]]
+    print(f"searching the {unit} needed for sigma/B <= {fv.noise_to_signal:g} "
+          f"(about 10 calibrations) ...", flush=True)
+    n = privacy_card.records_needed(
+        fv.noise_to_signal, expected_batch_size=fv.batch_size, critic_steps=fv.critic_steps,
+        epsilon=fv.epsilon, accountant=fv.accountant, delta=fv.delta)
+    setting = (f"at batch {fv.batch_size:g}, {fv.critic_steps} critic steps, epsilon "
+               f"{fv.epsilon:g} ({fv.accountant}"
+               f"{'' if fv.delta is None else f', delta {fv.delta:g}'})")
+    if n is not None:
+        print(f"records needed: N >= {n} {unit} for sigma/B <= {fv.noise_to_signal:g} "
+              f"{setting}")
+        return
+    floor = privacy_card.make_plan(
+        num_records=10**7, expected_batch_size=fv.batch_size, critic_steps=fv.critic_steps,
+        epsilon=fv.epsilon, delta=fv.delta, accountant=fv.accountant).noise_to_signal
+    print(f"records needed: none up to 1e7 {unit} {setting}: sigma/B stays above "
+          f"{floor:.4g} however many {unit} (sigma does not fall below a floor for these "
+          f"steps and epsilon); raise --batch_size or lower --critic_steps")
 
 
 def main(argv):

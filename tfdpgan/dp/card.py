@@ -22,7 +22,8 @@ from tfdpgan import atomic, errors, workdir
 from tfdpgan.dp import accounting
 
 __all__ = ["UNITS", "PLURAL", "Plan", "make_plan", "count_records", "make_card", "plan_card",
-           "render_markdown", "write_card", "tf_privacy_statement", "format_value"]
+           "records_needed", "render_markdown", "write_card", "tf_privacy_statement",
+           "format_value"]
 
 UNITS = ("patch", "patient")
 PLURAL = {"patch": "patches", "patient": "patients"}
@@ -37,6 +38,13 @@ class Plan:
     critic_steps: int           # the steps that will run (capped by a finite ε)
     num_records: int            # N of the privacy unit
     expected_batch_size: float  # expected records per step
+
+    @property
+    def noise_to_signal(self) -> float:
+        """σ / B: the noise's standard deviation per gradient coordinate against the largest
+        summed signal of a step (B expected records, each clipped to C; both in units of C).
+        It sets how much a DP step can learn; it depends on the plan only, not on data."""
+        return self.noise_multiplier / self.expected_batch_size
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -84,6 +92,31 @@ def make_plan(*, num_records: int, expected_batch_size: float, critic_steps: int
     return Plan(sampling_rate=q, delta=float(delta), noise_multiplier=float(sigma),
                 critic_steps=int(steps), num_records=int(num_records),
                 expected_batch_size=float(expected_batch_size))
+
+
+def records_needed(noise_to_signal: float, *, expected_batch_size: float, critic_steps: int,
+                   epsilon: float, accountant: str = "pld", delta: Optional[float] = None,
+                   largest: int = 10**7) -> Optional[int]:
+    """The planner's answer to "how many records (e.g. patients) would this budget need":
+    the smallest N (within 1 %) at which ``critic_steps`` steps of ``expected_batch_size``
+    expected records at ``epsilon`` have ``Plan.noise_to_signal`` <= ``noise_to_signal``,
+    calibrated exactly as training would (make_plan; δ = ``delta`` or the default for N).
+    σ falls as N grows (q = B / N), so a bisection on log N finds it; None when even
+    ``largest`` records do not reach it. Uses no data."""
+    def ratio(n):
+        return make_plan(num_records=n, expected_batch_size=expected_batch_size,
+                         critic_steps=critic_steps, epsilon=epsilon, delta=delta,
+                         accountant=accountant).noise_to_signal
+    low, high = int(math.ceil(expected_batch_size)), int(largest)
+    if ratio(high) > noise_to_signal:
+        return None
+    if ratio(low) <= noise_to_signal:
+        return low
+    while high > low + 1 and high > 1.01 * low:     # ratio(low) > target >= ratio(high)
+        mid = int(round(math.sqrt(low * high)))
+        mid = min(max(mid, low + 1), high - 1)
+        low, high = (low, mid) if ratio(mid) <= noise_to_signal else (mid, high)
+    return high
 
 
 def _finite_or_none(x):

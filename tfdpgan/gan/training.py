@@ -435,11 +435,12 @@ def _warn_weak(config, plan, info):
 def _log_plan(config, plan, writers):
     if config.private:
         logging.info("DP critic (per %s): noise multiplier %.4f, clip %g, q %.5f (batch %d "
-                     "of %d), delta %.3g, %d critic steps -> epsilon %.3f (%s)",
-                     config.privacy_unit, plan.noise_multiplier, config.l2_norm_clip,
-                     plan.sampling_rate, config.batch_size, plan.num_records,
-                     plan.delta, plan.critic_steps,
-                     _epsilon(config, plan, plan.critic_steps), config.accountant)
+                     "of %d), delta %.3g, %d critic steps -> epsilon %.3f (%s); noise/signal "
+                     "sigma/B %.4g", config.privacy_unit, plan.noise_multiplier,
+                     config.l2_norm_clip, plan.sampling_rate, config.batch_size,
+                     plan.num_records, plan.delta, plan.critic_steps,
+                     _epsilon(config, plan, plan.critic_steps), config.accountant,
+                     plan.noise_to_signal)
     else:
         logging.warning("epsilon=inf: training WITHOUT differential privacy")
     with writers.release.as_default():   # N, q, σ, δ, steps: all on the released card
