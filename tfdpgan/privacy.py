@@ -52,6 +52,8 @@ def plan(fv: flags.FlagValues = FLAGS):
                              "--critic_steps")
     if (fv.noise_multiplier is None) == (fv.epsilon is None):
         raise app.UsageError("--plan needs exactly one of --noise_multiplier, --epsilon")
+    if fv.noise_to_signal is not None and (fv.epsilon is None or fv.noise_to_signal <= 0):
+        raise app.UsageError("--noise_to_signal needs --epsilon and a positive value")
     card = privacy_card.plan_card(
         num_records=num, batch_size=fv.batch_size, critic_steps=fv.critic_steps,
         epsilon=fv.epsilon, noise_multiplier=fv.noise_multiplier, delta=fv.delta,
@@ -72,8 +74,6 @@ def plan(fv: flags.FlagValues = FLAGS):
 
 
 def _print_records_needed(fv, card):
-    if fv.epsilon is None or fv.noise_to_signal <= 0:
-        raise app.UsageError("--noise_to_signal needs --epsilon and a positive value")
     unit = privacy_card.PLURAL[card["privacy_unit"]]
     print(f"searching the {unit} needed for sigma/B <= {fv.noise_to_signal:g} "
           f"(about 10 calibrations) ...", flush=True)
@@ -88,11 +88,12 @@ def _print_records_needed(fv, card):
               f"{setting}")
         return
     floor = privacy_card.make_plan(
-        num_records=10**7, expected_batch_size=fv.batch_size, critic_steps=fv.critic_steps,
-        epsilon=fv.epsilon, delta=fv.delta, accountant=fv.accountant).noise_to_signal
-    print(f"records needed: none up to 1e7 {unit} {setting}: sigma/B stays above "
-          f"{floor:.4g} however many {unit} (sigma does not fall below a floor for these "
-          f"steps and epsilon); raise --batch_size or lower --critic_steps")
+        num_records=privacy_card.LARGEST_COHORT, expected_batch_size=fv.batch_size,
+        critic_steps=fv.critic_steps, epsilon=fv.epsilon, delta=fv.delta,
+        accountant=fv.accountant).noise_to_signal
+    print(f"records needed: none up to {privacy_card.LARGEST_COHORT:.0e} {unit} {setting}: "
+          f"sigma/B stays above {floor:.4g} however many {unit} (sigma does not fall below "
+          f"a floor for these steps and epsilon); raise --batch_size or lower --critic_steps")
 
 
 def main(argv):

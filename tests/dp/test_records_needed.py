@@ -73,3 +73,4 @@ def test_plan_command_refuses_a_target_without_epsilon():
     out = _plan("--noise_multiplier=1.0", "--noise_to_signal=0.01")
     assert out.returncode != 0
     assert "--noise_to_signal needs --epsilon" in out.stderr
+    assert "plan:" not in out.stdout                       # refused before any output

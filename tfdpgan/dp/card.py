@@ -22,10 +22,11 @@ from tfdpgan import atomic, errors, workdir
 from tfdpgan.dp import accounting
 
 __all__ = ["UNITS", "PLURAL", "Plan", "make_plan", "count_records", "make_card", "plan_card",
-           "records_needed", "render_markdown", "write_card", "tf_privacy_statement",
-           "format_value"]
+           "records_needed", "LARGEST_COHORT", "render_markdown", "write_card",
+           "tf_privacy_statement", "format_value"]
 
 UNITS = ("patch", "patient")
+LARGEST_COHORT = 10**7     # records_needed searches up to this many records
 PLURAL = {"patch": "patches", "patient": "patients"}
 
 
@@ -96,7 +97,7 @@ def make_plan(*, num_records: int, expected_batch_size: float, critic_steps: int
 
 def records_needed(noise_to_signal: float, *, expected_batch_size: float, critic_steps: int,
                    epsilon: float, accountant: str = "pld", delta: Optional[float] = None,
-                   largest: int = 10**7) -> Optional[int]:
+                   largest: int = LARGEST_COHORT) -> Optional[int]:
     """The planner's answer to "how many records (e.g. patients) would this budget need":
     the smallest N (within 1 %) at which ``critic_steps`` steps of ``expected_batch_size``
     expected records at ``epsilon`` have ``Plan.noise_to_signal`` <= ``noise_to_signal``,
