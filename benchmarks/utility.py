@@ -255,11 +255,13 @@ def _cohort_line(by):
     if not patch.get("noise_multiplier") or not patch.get("expected_batch_size"):
         return "patient_cohort_for_patch_eps3_noise -"
     batch, steps = patch["expected_batch_size"], patch["critic_steps"]
-    n = privacy_card.records_needed(patch["noise_multiplier"] / batch,
+    ratio = patch["noise_multiplier"] / batch                  # Plan.noise_to_signal of the row
+    n = privacy_card.records_needed(ratio,
                                     expected_batch_size=batch, critic_steps=steps, epsilon=3.0,
                                     accountant=patch.get("accountant") or "pld")
-    return (f"patient_cohort_for_patch_eps3_noise {n if n else '> 1e7'} (batch {batch:g} "
-            f"patients, {steps} steps, σ/B {patch['noise_multiplier'] / batch:.4f})")
+    needed = n if n else f"> {privacy_card.LARGEST_COHORT:.0e}"
+    return (f"patient_cohort_for_patch_eps3_noise {needed} (batch {batch:g} "
+            f"patients, {steps} steps, σ/B {ratio:.4f})")
 
 
 def _fmt(x, digits):

@@ -65,8 +65,8 @@ def plan(fv: flags.FlagValues = FLAGS):
           f"{card['noise_multiplier']:.4f}, delta {card['delta']:.3g}: epsilon "
           f"{fmt(card['epsilon'])} ({card['accountant']}; RDP {fmt(card['epsilon_rdp'])}, "
           f"PLD {fmt(card['epsilon_pld'])})")
-    sigma = card["noise_multiplier"] or 0.0
-    print(f"noise/signal sigma/B = {sigma / fv.batch_size:.4g} (noise std per coordinate "
+    print(f"noise/signal sigma/B = {privacy_card.Plan.from_dict(card).noise_to_signal:.4g} "
+          f"(noise std per coordinate "
           f"against {fv.batch_size:g} clipped records)")
     if fv.noise_to_signal is not None:
         _print_records_needed(fv, card)
@@ -87,10 +87,9 @@ def _print_records_needed(fv, card):
         print(f"records needed: N >= {n} {unit} for sigma/B <= {fv.noise_to_signal:g} "
               f"{setting}")
         return
-    floor = privacy_card.make_plan(
-        num_records=privacy_card.LARGEST_COHORT, expected_batch_size=fv.batch_size,
-        critic_steps=fv.critic_steps, epsilon=fv.epsilon, delta=fv.delta,
-        accountant=fv.accountant).noise_to_signal
+    floor = privacy_card.noise_to_signal_floor(
+        expected_batch_size=fv.batch_size, critic_steps=fv.critic_steps, epsilon=fv.epsilon,
+        delta=fv.delta, accountant=fv.accountant)
     print(f"records needed: none up to {privacy_card.LARGEST_COHORT:.0e} {unit} {setting}: "
           f"sigma/B stays above {floor:.4g} however many {unit} (sigma does not fall below "
           f"a floor for these steps and epsilon); raise --batch_size or lower --critic_steps")

@@ -42,6 +42,15 @@ def test_records_needed_says_so_when_no_cohort_is_large_enough():
     assert privacy_card.records_needed(math.inf, **kwargs) == 16
 
 
+def test_the_floor_is_where_records_needed_stops_answering():
+    kwargs = dict(expected_batch_size=16, critic_steps=200, epsilon=3.0, accountant="rdp",
+                  largest=5000)
+    floor = privacy_card.noise_to_signal_floor(**kwargs)
+    assert floor == pytest.approx(_ratio(5000, 16, 200), rel=1e-9)
+    assert privacy_card.records_needed(floor * 0.999, **kwargs) is None
+    assert privacy_card.records_needed(floor * 1.001, **kwargs) <= 5000
+
+
 def _plan(*flags):
     return subprocess.run(
         [sys.executable, "-m", "tfdpgan.privacy", "--plan", "--num_records=1000",
@@ -65,7 +74,7 @@ def test_plan_command_names_the_floor_when_no_cohort_reaches_the_target():
     out = _plan("--epsilon=3", "--noise_to_signal=1e-6")
     assert out.returncode == 0, out.stderr
     floor = float(re.search(r"stays above ([0-9.e-]+)", out.stdout).group(1))
-    assert floor == pytest.approx(_ratio(10**7, 16, 200), rel=1e-3)
+    assert floor == pytest.approx(_ratio(privacy_card.LARGEST_COHORT, 16, 200), rel=1e-3)
     assert "raise --batch_size" in out.stdout
 
 

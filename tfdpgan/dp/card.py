@@ -12,6 +12,7 @@ training is a `Plan` (make_plan), used by training and by ``python -m tfdpgan.pr
 alike; N, the number of records of the unit, has one definition (count_records).
 """
 import dataclasses
+import functools
 import math
 from typing import Optional
 
@@ -22,8 +23,8 @@ from tfdpgan import atomic, errors, workdir
 from tfdpgan.dp import accounting
 
 __all__ = ["UNITS", "PLURAL", "Plan", "make_plan", "count_records", "make_card", "plan_card",
-           "records_needed", "LARGEST_COHORT", "render_markdown", "write_card",
-           "tf_privacy_statement", "format_value"]
+           "records_needed", "noise_to_signal_floor", "LARGEST_COHORT", "render_markdown",
+           "write_card", "tf_privacy_statement", "format_value"]
 
 UNITS = ("patch", "patient")
 LARGEST_COHORT = 10**7     # records_needed searches up to this many records
@@ -103,11 +104,10 @@ def records_needed(noise_to_signal: float, *, expected_batch_size: float, critic
     expected records at ``epsilon`` have ``Plan.noise_to_signal`` <= ``noise_to_signal``,
     calibrated exactly as training would (make_plan; δ = ``delta`` or the default for N).
     σ falls as N grows (q = B / N), so a bisection on log N finds it; None when even
-    ``largest`` records do not reach it. Uses no data."""
+    ``largest`` records do not reach it (noise_to_signal_floor says how close). Uses no data."""
     def ratio(n):
-        return make_plan(num_records=n, expected_batch_size=expected_batch_size,
-                         critic_steps=critic_steps, epsilon=epsilon, delta=delta,
-                         accountant=accountant).noise_to_signal
+        return _noise_to_signal(n, float(expected_batch_size), int(critic_steps),
+                                float(epsilon), delta, accountant)
     low, high = int(math.ceil(expected_batch_size)), int(largest)
     if ratio(high) > noise_to_signal:
         return None
@@ -118,6 +118,25 @@ def records_needed(noise_to_signal: float, *, expected_batch_size: float, critic
         mid = min(max(mid, low + 1), high - 1)
         low, high = (low, mid) if ratio(mid) <= noise_to_signal else (mid, high)
     return high
+
+
+def noise_to_signal_floor(*, expected_batch_size: float, critic_steps: int, epsilon: float,
+                          accountant: str = "pld", delta: Optional[float] = None,
+                          largest: int = LARGEST_COHORT) -> float:
+    """σ/B with ``largest`` records: the least records_needed searches (σ has a floor for
+    given steps and ε however small q gets). Shares records_needed's calibrations."""
+    return _noise_to_signal(int(largest), float(expected_batch_size), int(critic_steps),
+                            float(epsilon), delta, accountant)
+
+
+@functools.lru_cache(maxsize=256)
+def _noise_to_signal(num_records, expected_batch_size, critic_steps, epsilon, delta,
+                     accountant):
+    """Plan.noise_to_signal of make_plan (a pure function of numbers, so cached: each
+    calibration costs about a second)."""
+    return make_plan(num_records=num_records, expected_batch_size=expected_batch_size,
+                     critic_steps=critic_steps, epsilon=epsilon, delta=delta,
+                     accountant=accountant).noise_to_signal
 
 
 def _finite_or_none(x):
