@@ -32,7 +32,10 @@ is its first measurement, kept in OUT_DIR/row_seconds.json). The last lines
 print dsc_ratio_inf_over_real, dsc_ratio_eps3_over_inf, dsc_eps1_minus_threshold,
 fid_ratio_inf_over_floor and the patient cohort that per-patient DP would need for the per-patch
 ε = 3 row's noise/signal (tfdpgan.dp.card.records_needed). The table goes to
-benchmarks/results/utility.txt (--output).
+benchmarks/results/utility.txt (--output), its rows (with the test volumes) to the .json beside
+it. One run's DSC moves by several hundredths with the seeds: repeat the benchmark with new
+--out_dir (fresh training seeds) and give the JSONs to benchmarks/utility_summary.py, which
+prints every row and target as mean ± SD over the runs and in how many runs a target was met.
 """
 import dataclasses
 import json
@@ -50,6 +53,7 @@ from tfdpgan.dp import card as privacy_card  # noqa: E402
 from tfdpgan.evaluation import evaluate, report  # noqa: E402
 from tfdpgan.evaluation.config import EvalConfig  # noqa: E402
 from tfdpgan.gan import priors, training  # noqa: E402
+import utility_summary  # noqa: E402  (benchmarks/: the targets, also over repeated runs)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 flags.DEFINE_string("out_dir", os.path.join("runs", "utility"), "Folder of the benchmark's runs.")
@@ -167,7 +171,7 @@ def _row(name, result, card=None, train_seconds=0.0, eval_seconds=0.0):
             "seconds": _seconds(name, train_seconds + eval_seconds)}
 
 
-PRIOR_ROW = "prior (public only, ε = 0)"
+PRIOR_ROW = utility_summary.PRIOR
 
 
 def _builtin_prior() -> str:
@@ -233,8 +237,8 @@ def _rows():
             prior_result = dict(result["baselines"]["prior"],   # same test patches: same floor
                                 fid_real_floor=result.get("fid_real_floor"))
             rows.insert(0, dict(_row(PRIOR_ROW, prior_result), epsilon=0.0))
-        for base, label in (("real_train", "U-Net on real patches (upper bound)"),
-                            ("threshold", "validation-chosen threshold")):
+        for base, label in (("real_train", utility_summary.REAL),
+                            ("threshold", utility_summary.THRESHOLD)):
             if first and base in result.get("baselines", {}):
                 rows.append(_row(label, result["baselines"][base]))
     if FLAGS.patient_row:
@@ -251,7 +255,7 @@ def _rows():
 def _cohort_line(by):
     """Patients the per-patient row would need to match the per-patch ε = 3 row's noise/signal,
     at that row's expected batch (as patients) and steps."""
-    patch = by.get("ε = 3 per patch") or {}
+    patch = by.get(utility_summary.EPS3) or {}
     if not patch.get("noise_multiplier") or not patch.get("expected_batch_size"):
         return "patient_cohort_for_patch_eps3_noise -"
     batch, steps = patch["expected_batch_size"], patch["critic_steps"]
@@ -283,21 +287,9 @@ def _table(rows, test_nifti):
             f"{report.format_mean_sd(r['hd95_mean_mm'], r['hd95_sd_mm'], 1):>13s} "
             f"{_fmt(r['fid'], 1):>7s} {_fmt(r['fid_real_floor'], 1):>6s} {r['seconds']:>6d}")
     by = {r["row"]: r for r in rows}
-
-    def dsc(name):
-        return (by.get(name) or {}).get("dsc_mean")
-
-    def ratio(a, b):
-        return None if a is None or not b else a / b
-
-    inf_row = by.get("ε = inf per patch") or {}
-    lines += ["",
-              f"dsc_ratio_inf_over_real {_fmt(ratio(dsc('ε = inf per patch'), dsc('U-Net on real patches (upper bound)')), 3)}",
-              f"dsc_ratio_eps3_over_inf {_fmt(ratio(dsc('ε = 3 per patch'), dsc('ε = inf per patch')), 3)}",
-              "dsc_eps1_minus_threshold " + _fmt(
-                  None if dsc("ε = 1 per patch") is None or dsc("validation-chosen threshold")
-                  is None else dsc("ε = 1 per patch") - dsc("validation-chosen threshold"), 3),
-              f"fid_ratio_inf_over_floor {_fmt(ratio(inf_row.get('fid'), inf_row.get('fid_real_floor')), 2)}",
+    digits = {"fid_ratio_inf_over_floor": 2}
+    lines += [""] + [f"{name} {_fmt(value, digits.get(name, 3))}"
+                     for name, value in utility_summary.targets(rows).items()] + [
               _cohort_line(by)]
     return "\n".join(lines) + "\n"
 
@@ -306,6 +298,7 @@ def main(argv):
     del argv
     start = time.time()
     rows, test_nifti = _rows()
+    rows = [dict(r, test_data=test_nifti) for r in rows]   # utility_summary compares on it
     text = _table(rows, test_nifti) + (f"total {sum(r['seconds'] for r in rows)} s over the "
                                        f"rows; this invocation {time.time() - start:.0f} s\n")
     print(text, end="")
