@@ -287,8 +287,7 @@ def _table(rows, test_nifti):
             f"{report.format_mean_sd(r['hd95_mean_mm'], r['hd95_sd_mm'], 1):>13s} "
             f"{_fmt(r['fid'], 1):>7s} {_fmt(r['fid_real_floor'], 1):>6s} {r['seconds']:>6d}")
     by = {r["row"]: r for r in rows}
-    digits = {"fid_ratio_inf_over_floor": 2}
-    lines += [""] + [f"{name} {_fmt(value, digits.get(name, 3))}"
+    lines += [""] + [f"{name} {_fmt(value, utility_summary.TARGETS[name][2])}"
                      for name, value in utility_summary.targets(rows).items()] + [
               _cohort_line(by)]
     return "\n".join(lines) + "\n"

@@ -20,18 +20,19 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tfdpgan import atomic, cli, errors  # noqa: E402
+from tfdpgan.evaluation.report import format_mean_sd  # noqa: E402
 
 PRIOR = "prior (public only, ε = 0)"
 REAL = "U-Net on real patches (upper bound)"
 THRESHOLD = "validation-chosen threshold"
 INF, EPS3, EPS1 = "ε = inf per patch", "ε = 3 per patch", "ε = 1 per patch"
 
-# name: (the bar, is it met by value); the last lines of every utility table
+# name: (the bar, is it met by value, digits shown); the last lines of every utility table
 TARGETS = {
-    "dsc_ratio_inf_over_real": ("≥ 0.95", lambda v: v >= 0.95),
-    "dsc_ratio_eps3_over_inf": ("≥ 0.9", lambda v: v >= 0.9),
-    "dsc_eps1_minus_threshold": ("> 0", lambda v: v > 0),
-    "fid_ratio_inf_over_floor": ("≤ 3", lambda v: v <= 3),
+    "dsc_ratio_inf_over_real": ("≥ 0.95", lambda v: v >= 0.95, 3),
+    "dsc_ratio_eps3_over_inf": ("≥ 0.9", lambda v: v >= 0.9, 3),
+    "dsc_eps1_minus_threshold": ("> 0", lambda v: v > 0, 3),
+    "fid_ratio_inf_over_floor": ("≤ 3", lambda v: v <= 3, 2),
 }
 
 
@@ -109,22 +110,19 @@ def summary(runs: list, names: list) -> str:
         cells = []
         for key, d in digits.items():
             mean, sd = mean_sd([r.get(key) for r in have])
-            cells.append("-" if mean is None else
-                         f"{mean:.{d}f}" + ("" if sd is None else f" ± {sd:.{d}f}"))
+            cells.append("-" if mean is None else format_mean_sd(mean, sd, d))
         by_run = " ".join("-" if r is None or r.get("dsc_mean") is None
                           else f"{r['dsc_mean']:.3f}" for r in found)
         lines.append(f"{name:38s} {len(have):>4d} {cells[0]:>15s} {cells[1]:>13s} "
                      f"{cells[2]:>13s}  {by_run}")
     lines.append("")
     per_run = [targets(rows) for rows in runs]
-    for name, (bar, met) in TARGETS.items():
+    for name, (bar, met, d) in TARGETS.items():
         values = [t[name] for t in per_run]
         known = [v for v in values if v is not None]
         mean, sd = mean_sd(known)
-        digits_t = 2 if name.startswith("fid") else 3
-        text = "-" if mean is None else (f"{mean:.{digits_t}f}" + (
-            "" if sd is None else f" ± {sd:.{digits_t}f}"))
-        by_run = " ".join("-" if v is None else f"{v:.{digits_t}f}" for v in values)
+        text = "-" if mean is None else format_mean_sd(mean, sd, d)
+        by_run = " ".join("-" if v is None else f"{v:.{d}f}" for v in values)
         lines.append(f"{name} {text} (runs: {by_run}; target {bar}: met in "
                      f"{sum(bool(met(v)) for v in known)} of {len(known)})")
     return "\n".join(lines) + "\n"
