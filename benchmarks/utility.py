@@ -168,6 +168,8 @@ def _row(name, result, card=None, train_seconds=0.0, eval_seconds=0.0):
             "critic_steps": None if card is None else card.get("critic_steps"),
             "expected_batch_size": None if card is None else card.get("expected_batch_size"),
             "accountant": None if card is None else card.get("accountant"),
+            "noise_to_signal": (privacy_card.Plan.from_dict(card).noise_to_signal
+                                if card and card.get("noise_multiplier") else None),
             "seconds": _seconds(name, train_seconds + eval_seconds)}
 
 
@@ -256,10 +258,10 @@ def _cohort_line(by):
     """Patients the per-patient row would need to match the per-patch ε = 3 row's noise/signal,
     at that row's expected batch (as patients) and steps."""
     patch = by.get(utility_summary.EPS3) or {}
-    if not patch.get("noise_multiplier") or not patch.get("expected_batch_size"):
+    if not patch.get("noise_to_signal"):
         return "patient_cohort_for_patch_eps3_noise -"
-    batch, steps = patch["expected_batch_size"], patch["critic_steps"]
-    ratio = patch["noise_multiplier"] / batch                  # Plan.noise_to_signal of the row
+    batch, steps, ratio = (patch["expected_batch_size"], patch["critic_steps"],
+                           patch["noise_to_signal"])
     n = privacy_card.records_needed(ratio,
                                     expected_batch_size=batch, critic_steps=steps, epsilon=3.0,
                                     accountant=patch.get("accountant") or "pld")
