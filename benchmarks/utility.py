@@ -158,7 +158,23 @@ def _seconds(name, measured):
     return known.get(name, round(measured))
 
 
-def _row(name, result, card=None, train_seconds=0.0, eval_seconds=0.0):
+def _provenance(report: dict) -> dict:
+    """What a row's numbers depend on besides its data, from the evaluation ``report`` that
+    scored it: the evaluation settings (runs with other ones are not comparable; the summary
+    refuses to mix them) and the host (report.host; None for a report from before it was
+    recorded)."""
+    f = report["settings"]["flags"]
+    return {"evaluation": {"num_synthetic": f["num_synthetic"], "repeats": f["repeats"],
+                           "grid": f["grid"], "selection": f["selection"],
+                           "unet_epochs": f["unet"]["epochs"],
+                           "unet_steps_per_epoch": f["unet"]["steps_per_epoch"],
+                           "fid_samples": f["fid_samples"] if f["fid"] else 0},
+            "host": report.get("host")}
+
+
+def _row(name, result, card=None, train_seconds=0.0, eval_seconds=0.0, report=None):
+    """One table row; ``report`` is the evaluation that scored it (``result`` itself, or the
+    report whose baseline ``result`` is)."""
     return {"row": name, "dsc_mean": result.get("dsc_mean"), "dsc_sd": result.get("dsc_sd"),
             "hd95_mean_mm": result.get("hd95_mean_mm"), "hd95_sd_mm": result.get("hd95_sd_mm"),
             "fid": result.get("fid"), "fid_real_floor": result.get("fid_real_floor"),
@@ -170,7 +186,8 @@ def _row(name, result, card=None, train_seconds=0.0, eval_seconds=0.0):
             "accountant": None if card is None else card.get("accountant"),
             "noise_to_signal": (privacy_card.Plan.from_dict(card).noise_to_signal
                                 if card and card.get("noise_multiplier") else None),
-            "seconds": _seconds(name, train_seconds + eval_seconds)}
+            "seconds": _seconds(name, train_seconds + eval_seconds),
+            **_provenance(result if report is None else report)}
 
 
 PRIOR_ROW = utility_summary.PRIOR
@@ -238,11 +255,11 @@ def _rows():
         if score_prior:
             prior_result = dict(result["baselines"]["prior"],   # same test patches: same floor
                                 fid_real_floor=result.get("fid_real_floor"))
-            rows.insert(0, dict(_row(PRIOR_ROW, prior_result), epsilon=0.0))
+            rows.insert(0, dict(_row(PRIOR_ROW, prior_result, report=result), epsilon=0.0))
         for base, label in (("real_train", utility_summary.REAL),
                             ("threshold", utility_summary.THRESHOLD)):
             if first and base in result.get("baselines", {}):
-                rows.append(_row(label, result["baselines"][base]))
+                rows.append(_row(label, result["baselines"][base], report=result))
     if FLAGS.patient_row:
         config = dataclasses.replace(
             _quick(recipe), epsilon=3.0, phantom=cohort, privacy_unit="patient",

@@ -7,8 +7,11 @@ A run is the JSON that benchmarks/utility.py writes beside its table (its rows).
 moves by several hundredths with the seeds alone (the generator's training and the U-Net's),
 so a target is only worth claiming when it holds over repeated runs: this prints, per row, the
 mean ± SD over runs and, per target, every run's value and in how many runs it was met.
-Runs are comparable only when scored on the same test volumes (``test_data`` of the rows);
-others are refused. A row absent from some runs (e.g. ε = 10) is averaged over those that
+Runs are comparable only when scored on the same test volumes (``test_data`` of the rows)
+with the same evaluation settings (``evaluation``: synthetic pairs, U-Nets per row, U-Net
+epochs and steps, grid, selection, FID samples); others are refused. Where each run was
+computed (``host``: CPU, instruction set, TensorFlow) is listed, because U-Net training is
+reproducible bit for bit only on one kind of CPU (tfdpgan.evaluation.report.host). A row absent from some runs (e.g. ε = 10) is averaged over those that
 have it, and says how many. Reads results only; trains nothing.
 """
 import json
@@ -69,7 +72,7 @@ def mean_sd(values: list):
 
 def load_runs(paths: list) -> list:
     """The rows of each utility JSON; refuses unreadable files and runs on other test volumes."""
-    runs, tests = [], {}
+    runs, tests, evaluations = [], {}, {}
     for path in paths:
         try:
             with open(path) as f:
@@ -87,11 +90,44 @@ def load_runs(paths: list) -> list:
             raise errors.InputDataError(f"{path}: its rows do not name one set of test volumes "
                                         f"(test_data), so it cannot be compared with others")
         tests[path] = test.pop()
+        setups = {json.dumps(r.get("evaluation"), sort_keys=True) for r in rows}
+        if len(setups) != 1:
+            raise errors.InputDataError(f"{path}: its rows were evaluated with different "
+                                        f"settings (evaluation), so it is not one run")
+        evaluations[path] = setups.pop()
         runs.append(rows)
     if len(set(tests.values())) > 1:
         listing = "; ".join(f"{p}: {t}" for p, t in tests.items())
         raise errors.InputDataError(f"the runs were scored on different test volumes ({listing})")
+    if len(set(evaluations.values())) > 1:
+        listing = "; ".join(f"{p}: {e}" for p, e in evaluations.items())
+        raise errors.InputDataError(f"the runs were evaluated with different settings "
+                                    f"(evaluation; null = not recorded): {listing}")
     return runs
+
+
+def _evaluation_text(evaluation) -> str:
+    if not evaluation:
+        return "not recorded"
+    e = evaluation
+    return (f"{e['num_synthetic']} synthetic pairs, {e['repeats']} U-Net(s) per row of "
+            f"{e['unet_epochs']} x {e['unet_steps_per_epoch']} steps per grid point (grid "
+            f"{e['grid']}), selection {e['selection']}, FID on {e['fid_samples']} images")
+
+
+def _hosts_text(runs: list) -> str:
+    """Each distinct host (report.host of the runs' rows) with the runs (1-based) it computed."""
+    where = {}
+    for i, rows in enumerate(runs, 1):
+        for r in rows:
+            h = r.get("host")
+            name = "not recorded" if not h else (
+                f"{h.get('cpu')} ({h.get('isa')}, {h.get('cores')} cores, "
+                f"TensorFlow {h.get('tensorflow')})")
+            if i not in where.setdefault(name, []):
+                where[name].append(i)
+    return "; ".join(f"{name}: run{'s' if len(ids) > 1 else ''} "
+                     f"{', '.join(map(str, ids))}" for name, ids in where.items())
 
 
 def summary(runs: list, names: list) -> str:
@@ -102,7 +138,9 @@ def summary(runs: list, names: list) -> str:
         order += [r["row"] for r in rows if r["row"] not in order]
     digits = {"dsc_mean": 3, "hd95_mean_mm": 1, "fid": 1}
     lines = [f"Utility over {len(runs)} runs of benchmarks/utility.py ({', '.join(names)}), "
-             f"the same test volumes ({runs[0][0]['test_data']}): mean ± SD over runs.", "",
+             f"the same test volumes ({runs[0][0]['test_data']}): mean ± SD over runs.",
+             f"Evaluation: {_evaluation_text(runs[0][0].get('evaluation'))}.",
+             f"Computed on: {_hosts_text(runs)}.", "",
              f"{'row':38s} {'runs':>4s} {'DSC':>15s} {'HD95 mm':>13s} {'FID':>13s}  DSC by run"]
     for name in order:
         found = [next((r for r in rows if r["row"] == name), None) for rows in runs]

@@ -72,6 +72,43 @@ def test_runs_on_other_test_volumes_are_refused(tmp_path):
         us.load_runs([unnamed])
 
 
+EVALUATION = {"num_synthetic": 4000, "repeats": 1, "grid": "lr=3e-4,1e-3",
+              "selection": "synthetic_val", "unet_epochs": 8, "unet_steps_per_epoch": 30,
+              "fid_samples": 1000}
+HOST = {"cpu": "CPU A", "isa": "avx2", "cores": 2, "machine": "x86_64", "tensorflow": "2.15.1"}
+
+
+def _with(rows, **fields):
+    return [dict(r, **fields) for r in rows]
+
+
+def test_runs_with_other_evaluation_settings_are_refused(tmp_path):
+    base = _run(0.65, 0.6, 0.62, 0.59, 0.63)
+    a = _write(tmp_path, "a.json", _with(base, evaluation=EVALUATION, host=HOST))
+    longer = dict(EVALUATION, unet_epochs=32)
+    b = _write(tmp_path, "b.json", _with(base, evaluation=longer, host=HOST))
+    with pytest.raises(us.errors.InputDataError, match="different settings.*unet_epochs"):
+        us.load_runs([a, b])
+    unrecorded = _write(tmp_path, "c.json", base)
+    with pytest.raises(us.errors.InputDataError, match="null = not recorded"):
+        us.load_runs([a, unrecorded])
+    mixed = _write(tmp_path, "d.json", _with(base[:2], evaluation=EVALUATION) + base[2:])
+    with pytest.raises(us.errors.InputDataError, match="d.json.*not one run"):
+        us.load_runs([mixed])
+
+
+def test_summary_states_the_evaluation_and_the_hosts_of_each_run(tmp_path):
+    base = _run(0.65, 0.6, 0.62, 0.59, 0.63)
+    other = dict(HOST, cpu="CPU B", isa="avx512f")
+    runs = [_with(base, evaluation=EVALUATION, host=host) for host in (HOST, other, HOST)]
+    text = us.summary(runs, ["a.json", "b.json", "c.json"])
+    assert "Evaluation: 4000 synthetic pairs, 1 U-Net(s) per row of 8 x 30 steps" in text
+    assert ("Computed on: CPU A (avx2, 2 cores, TensorFlow 2.15.1): runs 1, 3; "
+            "CPU B (avx512f, 2 cores, TensorFlow 2.15.1): run 2.") in text
+    old = us.summary([_with(base, evaluation=EVALUATION)], ["old.json"])
+    assert "Computed on: not recorded: run 1." in old
+
+
 def test_the_command_names_a_bad_file_and_writes_nothing(tmp_path):
     good = _write(tmp_path, "good.json", _run(0.65, 0.6, 0.62, 0.59, 0.63))
     bad = tmp_path / "bad.json"
@@ -88,3 +125,28 @@ def test_the_command_names_a_bad_file_and_writes_nothing(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert out.read_text() == proc.stdout and "target > 0: met in 2 of 2" in proc.stdout
+
+
+def test_utility_rows_record_the_settings_of_the_evaluation_that_scored_them():
+    # benchmarks/utility.py defines absl flags at import: run it in its own interpreter
+    code = """
+import dataclasses, json, sys
+sys.path.insert(0, 'benchmarks')
+import utility
+from tfdpgan.evaluation.config import EvalConfig
+config = EvalConfig(workdir='w', num_synthetic=123, repeats=2, fid=False)
+config = dataclasses.replace(config, unet=dataclasses.replace(config.unet, epochs=32))
+report = {'settings': {'flags': json.loads(json.dumps(dataclasses.asdict(config)))},
+          'host': {'cpu': 'X'}}
+print(json.dumps(utility._provenance(report)))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    from tfdpgan.evaluation import config as eval_config
+    assert got == {"evaluation": dict(EVALUATION, num_synthetic=123, repeats=2, unet_epochs=32,
+                                      unet_steps_per_epoch=eval_config.DEFAULT_UNET
+                                      .steps_per_epoch, grid=eval_config.DEFAULT_GRID,
+                                      fid_samples=0),
+                   "host": {"cpu": "X"}}

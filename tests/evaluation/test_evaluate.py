@@ -122,8 +122,10 @@ def test_report_contract(evaluated, run):
         assert {"dsc_mean", "dsc_sd", "hd95_mean_mm", "per_patient", "selection"} <= set(row)
     assert math.isfinite(result["baselines"]["threshold"]["selection"]["threshold"])
     assert "synthetic_label_threshold" in result["conventions"]
+    assert result["host"] == report.host() and result["host"]["cores"] == os.cpu_count()
     text = open(os.path.join(out, "REPORT.md")).read()
     assert "DSC" in text and "outside the DP" in text and "upper bound" in text
+    assert f"{result['host']['cores']} cores" in text
 
 
 def test_predictions_are_nifti_on_the_input_grid(evaluated, run):
@@ -325,6 +327,19 @@ def test_summary_conventions():
     one = report.summary(rows[:1])
     assert one["dsc_sd"] is None and one["hd95_sd_mm"] is None
     assert report.format_mean_sd(0.5, None) == "0.500" and report.format_number(None) == "n/a"
+
+
+def test_host_reads_the_cpu_model_and_its_best_instruction_set(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\n"
+                       "flags\t\t: fpu sse4_2 avx avx2 fma\n\n"
+                       "processor\t: 1\nmodel name\t: Other\nflags\t\t: avx512f\n")
+    h = report.host(str(cpuinfo))
+    assert h["cpu"] == "Test CPU 9000" and h["isa"] == "avx2"   # the first processor's
+    cpuinfo.write_text("model name : X\nflags : sse4_2 avx512f avx2\n")
+    assert report.host(str(cpuinfo))["isa"] == "avx512f"
+    missing = report.host(str(tmp_path / "absent"))
+    assert missing["isa"] is None and missing["cores"] == os.cpu_count()
 
 
 def test_synthetic_labels_are_binarised_at_the_stated_threshold():

@@ -5,7 +5,7 @@ report.json keys (DESIGN.md): ``dsc_mean``, ``dsc_sd``, ``hd95_mean_mm``, ``hd95
 ``hd95_num_undefined``, ``num_patients``, ``per_patient`` (list of {patient_id, dsc, hd95_mm}),
 ``fid``, ``fid_real_floor``, ``fid_network``, ``fid_samples``, ``source`` (the primary row),
 ``privacy``, ``selection``, ``baselines``, ``test_set``, ``privacy_note``, ``flags``,
-``settings``, ``conventions``, ``timing``, ``tfdpgan_version``, ``created``.
+``settings``, ``conventions``, ``timing``, ``host``, ``tfdpgan_version``, ``created``.
 
 Conventions: SD is the sample SD over patients (ddof=1; null for one patient). HD95 follows
 seg_metrics.hausdorff95: an empty prediction of a non-empty label has no finite HD95; it is
@@ -13,9 +13,11 @@ reported as null per patient, left out of the mean/SD and counted in ``hd95_num_
 DSC of an empty prediction is 0 (test labels are never empty; volumes.load_volume refuses them).
 """
 import datetime
+import importlib.metadata
 import json
 import math
 import os
+import platform
 from typing import List, Optional
 
 import numpy as np
@@ -25,7 +27,7 @@ from tfdpgan import atomic
 
 __all__ = ["REPORT_JSON", "REPORT_MD", "PRIVACY_NOTE_REAL_VAL", "PRIVACY_NOTE_SYNTHETIC_VAL",
            "PRIVACY_NOTE_TEST", "EMPTY_LABELS", "ROW_TITLES", "format_mean_sd", "format_number", "finite",
-           "summary", "privacy_summary", "conventions", "build_report", "render_markdown",
+           "summary", "privacy_summary", "conventions", "host", "build_report", "render_markdown",
            "write_report", "read_report", "summary_lines"]
 
 REPORT_JSON = "report.json"
@@ -109,6 +111,40 @@ def conventions(probability_threshold: float, overlap: float, label_threshold: f
             f"(an exported generator's label is its label channel > 0 on [-1, 1])")}
 
 
+# Instruction sets oneDNN (TensorFlow's CPU kernels) dispatches on, best first.
+ISA_LEVELS = ("avx512_bf16", "avx512f", "avx2", "avx", "sse4_2")
+
+
+def host(cpuinfo: str = "/proc/cpuinfo") -> dict:
+    """Where a report was computed: CPU model, the best instruction set of ISA_LEVELS it has,
+    cores, machine and TensorFlow version (None where unknown, e.g. without /proc/cpuinfo).
+
+    Recorded because a U-Net's training is bit-reproducible on one machine but not across
+    CPUs: TensorFlow's oneDNN kernels sum in another order per instruction set (40 training
+    steps, same seed and data, under ONEDNN_MAX_CPU_ISA=SSE41 vs AVX2 gave other weights), and
+    training amplifies that, so the same evaluation may move by the seed spread on another CPU.
+    """
+    model, flags_ = None, set()
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model is None:
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags_:
+                    flags_ = set(value.split())
+    except OSError:
+        pass
+    try:
+        tf_version = importlib.metadata.version("tensorflow")
+    except importlib.metadata.PackageNotFoundError:
+        tf_version = None
+    return {"cpu": model or platform.processor() or None,
+            "isa": next((isa for isa in ISA_LEVELS if isa in flags_), None),
+            "cores": os.cpu_count(), "machine": platform.machine() or None,
+            "tensorflow": tf_version}
+
+
 def build_report(*, rows: dict, primary: str, fid_info: dict, privacy: Optional[dict],
                  selection: dict, test_set: dict, settings: dict, conventions_: dict,
                  timing: dict) -> dict:
@@ -127,6 +163,7 @@ def build_report(*, rows: dict, primary: str, fid_info: dict, privacy: Optional[
         "settings": settings,
         "conventions": conventions_,
         "timing": timing,
+        "host": host(),
         "tfdpgan_version": tfdpgan.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
     }
@@ -222,8 +259,16 @@ def render_markdown(report: dict) -> str:
     lines += ["", "## Privacy", "", report["privacy_note"], "", "## Conventions", ""]
     lines += [f"- {k}: {v}" for k, v in report["conventions"].items()]
     lines += ["", "## Flags", "", "```", json.dumps(report["flags"], indent=2, sort_keys=True),
-              "```", "", f"tfdpgan {report['tfdpgan_version']}"]
+              "```", "",
+              f"tfdpgan {report['tfdpgan_version']}" + _host_text(report.get("host"))]
     return "\n".join(lines) + "\n"
+
+
+def _host_text(h: Optional[dict]) -> str:
+    if not h:
+        return ""
+    return (f"; computed on {h.get('cpu') or 'an unknown CPU'} ({h.get('isa') or 'ISA unknown'}, "
+            f"{h.get('cores')} cores), TensorFlow {h.get('tensorflow')}")
 
 
 def write_report(folder: str, report: dict):
