@@ -1,6 +1,6 @@
 """Is a U-Net's training reproducible across CPUs? Same code, seed and data, other kernels.
 
-  python benchmarks/cpu_reproducibility.py            # -> benchmarks/results/cpu_reproducibility.txt
+  python benchmarks/cpu_reproducibility.py   # -> benchmarks/results/cpu_reproducibility.txt
 
 Trains the evaluation's U-Net (tfdpgan.evaluation.unet.train_unet, small: base 8, depth 2,
 --steps steps on fixed random patches) in fresh interpreters: twice with this machine's
@@ -58,12 +58,11 @@ def main(argv):
     sys.path.insert(0, ROOT)
     from tfdpgan import atomic
     from tfdpgan.evaluation import report
-    h = report.host()
     results = [("default (1)", _train(None)), ("default (2)", _train(None))]
     results += [(f"ONEDNN_MAX_CPU_ISA={cap}", _train(cap)) for cap in FLAGS.caps]
     reference = results[0][1]["sha256"]
     lines = [f"# python benchmarks/cpu_reproducibility.py --steps={FLAGS.steps}",
-             f"# host: {h['cpu']} ({h['isa']}, {h['cores']} cores), TensorFlow {h['tensorflow']}",
+             f"# host: {report.host_text(report.host())}",
              f"# U-Net base 8, depth 2, {FLAGS.steps} steps, same seed and data in each setting",
              f"{'kernels':28s} {'final loss':>18s}  weights SHA-256 (12)  same as default (1)"]
     for name, r in results:

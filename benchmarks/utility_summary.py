@@ -11,8 +11,9 @@ Runs are comparable only when scored on the same test volumes (``test_data`` of 
 with the same evaluation settings (``evaluation``: synthetic pairs, U-Nets per row, U-Net
 epochs and steps, grid, selection, FID samples); others are refused. Where each run was
 computed (``host``: CPU, instruction set, TensorFlow) is listed, because U-Net training is
-reproducible bit for bit only on one kind of CPU (tfdpgan.evaluation.report.host). A row absent from some runs (e.g. ε = 10) is averaged over those that
-have it, and says how many. Reads results only; trains nothing.
+reproducible bit for bit only on one kind of CPU (tfdpgan.evaluation.report.host). A row
+absent from some runs (e.g. ε = 10) is averaged over those that have it, and says how many.
+Reads results only; trains nothing.
 """
 import json
 import math
@@ -23,7 +24,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tfdpgan import atomic, cli, errors  # noqa: E402
-from tfdpgan.evaluation.report import format_mean_sd  # noqa: E402
+from tfdpgan.evaluation.report import format_mean_sd, host_text  # noqa: E402
 
 PRIOR = "prior (public only, ε = 0)"
 REAL = "U-Net on real patches (upper bound)"
@@ -71,7 +72,8 @@ def mean_sd(values: list):
 
 
 def load_runs(paths: list) -> list:
-    """The rows of each utility JSON; refuses unreadable files and runs on other test volumes."""
+    """The rows of each utility JSON; refuses unreadable files, runs on other test volumes and
+    runs evaluated with other settings (also a file whose rows disagree on them)."""
     runs, tests, evaluations = [], {}, {}
     for path in paths:
         try:
@@ -120,10 +122,7 @@ def _hosts_text(runs: list) -> str:
     where = {}
     for i, rows in enumerate(runs, 1):
         for r in rows:
-            h = r.get("host")
-            name = "not recorded" if not h else (
-                f"{h.get('cpu')} ({h.get('isa')}, {h.get('cores')} cores, "
-                f"TensorFlow {h.get('tensorflow')})")
+            name = host_text(r.get("host"))
             if i not in where.setdefault(name, []):
                 where[name].append(i)
     return "; ".join(f"{name}: run{'s' if len(ids) > 1 else ''} "

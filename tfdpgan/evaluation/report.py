@@ -27,7 +27,8 @@ from tfdpgan import atomic
 
 __all__ = ["REPORT_JSON", "REPORT_MD", "PRIVACY_NOTE_REAL_VAL", "PRIVACY_NOTE_SYNTHETIC_VAL",
            "PRIVACY_NOTE_TEST", "EMPTY_LABELS", "ROW_TITLES", "format_mean_sd", "format_number", "finite",
-           "summary", "privacy_summary", "conventions", "host", "build_report", "render_markdown",
+           "summary", "privacy_summary", "conventions", "host", "host_text",
+           "build_report", "render_markdown",
            "write_report", "read_report", "summary_lines"]
 
 REPORT_JSON = "report.json"
@@ -260,15 +261,18 @@ def render_markdown(report: dict) -> str:
     lines += [f"- {k}: {v}" for k, v in report["conventions"].items()]
     lines += ["", "## Flags", "", "```", json.dumps(report["flags"], indent=2, sort_keys=True),
               "```", "",
-              f"tfdpgan {report['tfdpgan_version']}" + _host_text(report.get("host"))]
+              f"tfdpgan {report['tfdpgan_version']}; computed on "
+              f"{host_text(report.get('host'))}"]
     return "\n".join(lines) + "\n"
 
 
-def _host_text(h: Optional[dict]) -> str:
+def host_text(h: Optional[dict]) -> str:
+    """One line for a ``host()`` record: "CPU (isa, N cores, TensorFlow V)"; "not recorded"
+    for None (a report or result from before hosts were recorded)."""
     if not h:
-        return ""
-    return (f"; computed on {h.get('cpu') or 'an unknown CPU'} ({h.get('isa') or 'ISA unknown'}, "
-            f"{h.get('cores')} cores), TensorFlow {h.get('tensorflow')}")
+        return "not recorded"
+    return (f"{h.get('cpu')} ({h.get('isa')}, {h.get('cores')} cores, "
+            f"TensorFlow {h.get('tensorflow')})")
 
 
 def write_report(folder: str, report: dict):
