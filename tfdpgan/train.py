@@ -80,6 +80,9 @@ def define_flags(fv: flags.FlagValues = FLAGS):
     fdef.DEFINE_enum("generator_upsample", d.generator_upsample,
                      list(models.GENERATOR_UPSAMPLES), "Generator upsampling: transpose "
                      "(Conv2DTranspose, the paper) or resize (nearest + Conv2D 3x3).")
+    fdef.DEFINE_enum("generator_output", d.generator_output, list(models.GENERATOR_OUTPUTS),
+                     "Generator output: tanh (the paper) or rician (tanh, then a learned "
+                     "magnitude-image noise layer on the image channel: models.RicianNoise).")
     fdef.DEFINE_integer("critic_frozen_stages", None, "Keep the first K critic stages of the "
                         "--init_from prior fixed (public features); DP clips and noises only "
                         "the rest, which then gets each record's whole clip budget (default: "
@@ -167,6 +170,7 @@ def config_from_flags(fv: flags.FlagValues = FLAGS) -> run.TrainConfig:
         batch_size=fv.batch_size, critic_steps=fv.critic_steps,
         critic_steps_per_generator_step=fv.n_critic, base_filters=fv.base_filters,
         generator_filters=fv.generator_filters, critic_norm=fv.critic_norm, generator_upsample=fv.generator_upsample,
+        generator_output=fv.generator_output,
         critic_frozen_stages=frozen,
         gan=gan_config, summary_every=fv.summary_every, image_every=fv.image_every,
         checkpoint_every=fv.checkpoint_every, sampling_seed=fv.sampling_seed,

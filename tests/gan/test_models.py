@@ -107,3 +107,51 @@ def test_freeze_critic_stages_counts_what_is_left():
     assert [layer.trainable for layer in norms] == [False, True]
     with pytest.raises(ValueError, match="cannot freeze 4 stages"):
         models.freeze_critic_stages(critic(), 4)
+
+
+def _rician_generator():
+    tf.random.set_seed(1)
+    return models.build_generator(latent_dim=8, patch_size=32, base_filters=4, output="rician")
+
+
+def test_rician_output_is_a_function_of_each_latent_alone():
+    generator = _rician_generator()
+    z = tf.random.normal([16, 8], seed=2)
+    whole = generator(z, training=False).numpy()
+    assert whole.shape == (16, 32, 32, 2) and np.all(np.abs(whole) <= 1.0)
+    np.testing.assert_array_equal(whole, generator(z, training=False).numpy())
+    # the same latents in another batch (order and company): the same samples
+    part = generator(tf.reverse(z[3:9], [0]), training=False).numpy()[::-1]
+    np.testing.assert_allclose(part, whole[3:9], atol=1e-5)
+    # a copy (the EMA and export paths clone the generator) computes the same function
+    clone = tf.keras.models.clone_model(generator)
+    clone.set_weights(generator.get_weights())
+    np.testing.assert_allclose(clone(z, training=False).numpy(), whole, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown generator output"):
+        models.build_generator(latent_dim=8, patch_size=32, output="gaussian")
+
+
+def test_rician_noise_matches_the_phantoms_magnitude_noise():
+    """The layer's image channel against tfdpgan.data.phantom.appearance.rician (numpy),
+    the simulator's own noise: same mean and SD of |x + s (n1 + i n2)| in intensity units
+    (zero level -1), at a dark (Rayleigh floor) and a bright (near-Gaussian) level."""
+    from tfdpgan.data.phantom import appearance
+    layer = models.RicianNoise(initial_sd=0.1)
+    latent = tf.random.normal([400, 8], seed=3)
+    for level in (-1.0, -0.2):
+        patches = tf.concat([tf.fill([400, 16, 16, 1], level), tf.zeros([400, 16, 16, 1])], -1)
+        out = layer([patches, latent]).numpy()
+        np.testing.assert_array_equal(out[..., 1], 0.0)         # the label passes unchanged
+        clean = np.full(out.shape[:3], level + 1.0, np.float32)
+        reference = appearance.rician(np.random.default_rng(0), clean, 0.1) - 1.0
+        assert np.mean(out[..., 0]) == pytest.approx(np.mean(reference), abs=2e-3)
+        assert np.std(out[..., 0]) == pytest.approx(np.std(reference), rel=0.02)
+
+
+def test_rician_parameters_learn():
+    generator = _rician_generator()
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(generator(tf.random.normal([8, 8]), training=True)[..., 0])
+    layer = generator.get_layer("rician_noise")
+    grads = tape.gradient(loss, [layer.sd_kernel, layer.sd_bias, layer.zero_level])
+    assert all(g is not None and np.any(g.numpy() != 0) for g in grads)

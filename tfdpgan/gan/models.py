@@ -12,8 +12,9 @@ import tensorflow as tf
 
 from tfdpgan.dp import spectral
 
-__all__ = ["MAX_STAGES", "BN_MOMENTUM", "CRITIC_NORMS", "GENERATOR_UPSAMPLES", "default_num_stages",
-           "build_generator", "build_critic", "freeze_critic_stages"]
+__all__ = ["MAX_STAGES", "BN_MOMENTUM", "CRITIC_NORMS", "GENERATOR_UPSAMPLES", "GENERATOR_OUTPUTS",
+           "RicianNoise", "default_num_stages", "build_generator", "build_critic",
+           "freeze_critic_stages"]
 
 MAX_STAGES = 5
 # Generator BatchNorm: moving statistics (used at export/inference) must track the training
@@ -50,16 +51,76 @@ def _upsample(x, filters, upsample, use_bias):
     return tf.keras.layers.Conv2D(filters, 3, padding="same", use_bias=use_bias)(x)
 
 
+GENERATOR_OUTPUTS = ("tanh", "rician")
+# Initial noise SD of the Rician head in normalised units: the phantom's white matter over its
+# SNR (14) is ~0.05 of the [-1, 1] range after percentile normalisation (learned from there).
+RICIAN_INITIAL_SD = 0.05
+
+
+class RicianNoise(tf.keras.layers.Layer):
+    """Magnitude-image noise on the image channel: [patches in [-1, 1], latent] -> patches.
+
+    A TOF-MRA magnitude image is |signal + complex Gaussian noise| (Rician; tfdpgan.data.phantom
+    simulates it so). In normalised units, with ``m`` the value of zero intensity (-1 under
+    the percentile normalisation, learned here) and ``s`` the noise SD, the image channel
+    becomes ``sqrt((x - m + s n1)^2 + (s n2)^2) + m`` clipped to [-1, 1]; the label channel
+    (and any further one) passes unchanged. ``s`` = softplus(latent . w + b) per sample, so a
+    batch may mix noise levels as a multi-patient dataset does. The convolutions then only
+    need to draw the noise-free image, and the noise texture has the physics' statistics.
+
+    The noise (n1, n2) is drawn by a stateless generator seeded by the bits of each sample's
+    latent: a sample depends on its own latent only (not on the batch it is drawn in), and an
+    exported generator stays a deterministic function of the latent. The generator never reads
+    private data, so this layer has no privacy bearing (it is post-processing of the critic).
+    """
+
+    def __init__(self, initial_sd=RICIAN_INITIAL_SD, **kwargs):
+        super().__init__(**kwargs)
+        self.initial_sd = float(initial_sd)
+
+    def build(self, input_shape):
+        latent_dim = int(input_shape[1][-1])
+        self.sd_kernel = self.add_weight("sd_kernel", (latent_dim, 1), initializer="zeros")
+        inverse_softplus = math.log(math.expm1(self.initial_sd))
+        self.sd_bias = self.add_weight("sd_bias", (1,), initializer=tf.keras.initializers
+                                       .Constant(inverse_softplus))
+        self.zero_level = self.add_weight("zero_level", (), initializer=tf.keras.initializers
+                                          .Constant(-1.0))
+        super().build(input_shape)
+
+    def call(self, inputs):
+        patches, latent = inputs
+        patches, latent = tf.cast(patches, tf.float32), tf.cast(latent, tf.float32)
+        shape = tf.shape(patches)[1:3]
+        seeds = tf.bitcast(tf.stop_gradient(latent[:, :2]), tf.int32)
+
+        def draw(seed):
+            return tf.random.stateless_normal(tf.concat([shape, [2]], 0), seed)
+
+        noise = tf.map_fn(draw, seeds, fn_output_signature=tf.float32)
+        sd = tf.nn.softplus(tf.matmul(latent, self.sd_kernel) + self.sd_bias)[:, :, None, None]
+        signal = patches[..., :1] - self.zero_level + sd * noise[..., :1]
+        magnitude = tf.sqrt(tf.square(signal) + tf.square(sd * noise[..., 1:]) + 1e-12)
+        image = tf.clip_by_value(magnitude + self.zero_level, -1.0, 1.0)
+        return tf.concat([image, patches[..., 1:]], -1)
+
+    def get_config(self):
+        return {**super().get_config(), "initial_sd": self.initial_sd}
+
+
 def build_generator(latent_dim=128, patch_size=96, base_filters=96, channels=2,
-                    num_stages=None, upsample="transpose"):
+                    num_stages=None, upsample="transpose", output="tanh"):
     """Latent [B, latent_dim] -> patches [B, patch, patch, channels] in [-1, 1].
 
     Dense to a (patch / 2**num_stages)^2 seed with base * 2**(num_stages-1)
     filters, then upsampling (``upsample``: GENERATOR_UPSAMPLES, see _upsample) + BatchNorm
     + ReLU blocks halving the filters, and a last upsampling to `channels` with tanh.
+    ``output="rician"`` adds :class:`RicianNoise` to the image channel after the tanh.
     BatchNorm is fine here: the generator never sees private data, but note
     that in training mode a sample depends on the other latents of its batch.
     """
+    if output not in GENERATOR_OUTPUTS:
+        raise ValueError(f"unknown generator output {output!r}; choose from {GENERATOR_OUTPUTS}")
     if upsample not in GENERATOR_UPSAMPLES:
         raise ValueError(f"unknown generator upsampling {upsample!r}; "
                          f"choose from {GENERATOR_UPSAMPLES}")
@@ -78,6 +139,8 @@ def build_generator(latent_dim=128, patch_size=96, base_filters=96, channels=2,
         x = tf.keras.layers.ReLU()(x)
     x = _upsample(x, channels, upsample, use_bias=True)
     patches = tf.keras.layers.Activation("tanh", dtype="float32")(x)
+    if output == "rician":
+        patches = RicianNoise(dtype="float32", name="rician_noise")([patches, latent])
     return tf.keras.Model(latent, patches, name="generator")
 
 

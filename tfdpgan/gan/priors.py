@@ -85,7 +85,8 @@ def _networks_text(shapes: dict) -> str:
     return (f"{shapes['patch_size']}x{shapes['patch_size']} patches, --base_filters="
             f"{shapes['base_filters']}, --generator_filters={shapes['generator_filters']}, "
             f"--latent_dim={shapes['latent_dim']}, --critic_norm="
-            f"{shapes['critic_norm']}, --generator_upsample={shapes['generator_upsample']}")
+            f"{shapes['critic_norm']}, --generator_upsample={shapes['generator_upsample']}, "
+            f"--generator_output={shapes['generator_output']}")
 
 
 def describe(source: str, rec_dir: str) -> dict:
@@ -127,17 +128,19 @@ def networks(config: run_lib.TrainConfig, patch_size: int) -> dict:
     return {"patch_size": int(patch_size), "base_filters": config.base_filters,
             "generator_filters": run_lib.generator_width(config),
             "latent_dim": config.gan.latent_dim, "critic_norm": config.critic_norm,
-            "generator_upsample": config.generator_upsample}
+            "generator_upsample": config.generator_upsample,
+            "generator_output": config.generator_output}
 
 
-def _with_generator_width(shapes: dict) -> dict:
-    # priors exported before --generator_filters existed have one width for both networks
-    return {"generator_filters": shapes["base_filters"], **shapes}
+def _with_network_defaults(shapes: dict) -> dict:
+    # priors exported before --generator_filters (--generator_output) existed have one width
+    # for both networks (a tanh output)
+    return {"generator_filters": shapes["base_filters"], "generator_output": "tanh", **shapes}
 
 
 def _prior_networks(source: str) -> dict:
     if is_builtin(source):
-        return _with_generator_width(read_builtin()["networks"])
+        return _with_network_defaults(read_builtin()["networks"])
     prior_run = workdir.read_run(source)
     return networks(run_lib.config_from_run(prior_run),
                     records.read_dataset_json(prior_run["data"])["patch_size"])
@@ -189,7 +192,7 @@ def load_into(gan: wgan.WGAN, source: str):
         if mine != theirs:
             raise errors.SettingsError(f"--init_from={source}: its {name} does not fit this "
                                        f"run's networks (patch size, --base_filters, --generator_filters, --latent_dim, "
-                                       f"--critic_norm or --generator_upsample differ)")
+                                       f"--critic_norm, --generator_upsample or --generator_output differ)")
         for layer, values in zip(model.layers, weights[name]):
             layer.set_weights(values)
 
@@ -199,10 +202,11 @@ def sampler(source: str):
     export.load_generator: a workdir's exported SavedModel, or the built-in weights."""
     if not is_builtin(source):
         return export.load_generator(workdir.path(source, workdir.GENERATOR))
-    shapes = _with_generator_width(read_builtin()["networks"])
+    shapes = _with_network_defaults(read_builtin()["networks"])
     generator = models.build_generator(shapes["latent_dim"], shapes["patch_size"],
                                        shapes["generator_filters"],
-                                       upsample=shapes["generator_upsample"])
+                                       upsample=shapes["generator_upsample"],
+                                       output=shapes["generator_output"])
     for layer, values in zip(generator.layers, _builtin_weights()["release_generator"]):
         layer.set_weights(values)
     return (export.serving_function(generator, shapes["latent_dim"]), shapes["latent_dim"],

@@ -57,6 +57,7 @@ class TrainConfig:
     generator_filters: Optional[int] = None
     critic_norm: str = "group"               # models.CRITIC_NORMS: group (paper) | none
     generator_upsample: str = "transpose"    # models.GENERATOR_UPSAMPLES: transpose | resize
+    generator_output: str = "tanh"           # models.GENERATOR_OUTPUTS: tanh | rician
     critic_frozen_stages: int = 0            # first k critic stages kept from --init_from
     # 5e-4: at 2e-4 the demo-size generator still made texture without vessels after
     # 2000 critic steps; 5e-4 / 3000 steps gives vessel-like bright structures with labels.
@@ -106,7 +107,7 @@ def build_wgan(config: TrainConfig, patch_size: int, plan: privacy_card.Plan) ->
         noise_multiplier=plan.noise_multiplier, expected_batch_size=float(config.batch_size),
         group_size=group_size(config))
     generator = build_generator(gan_config, patch_size, generator_width(config),
-                                config.generator_upsample)
+                                config.generator_upsample, config.generator_output)
     critic = models.build_critic(patch_size, config.base_filters,
                                  normalization=config.critic_norm)
     models.freeze_critic_stages(critic, config.critic_frozen_stages)
@@ -114,7 +115,7 @@ def build_wgan(config: TrainConfig, patch_size: int, plan: privacy_card.Plan) ->
 
 
 def build_generator(gan_config: wgan.WGANConfig, patch_size: int, base_filters: int,
-                    upsample: str = "transpose"):
+                    upsample: str = "transpose", output: str = "tanh"):
     """The generator; with ``mixed_precision`` (bfloat16 | float16) it computes in that dtype
     (variables float32) inside a wrapper whose output is cast to float32 for the critic.
 
@@ -124,7 +125,7 @@ def build_generator(gan_config: wgan.WGANConfig, patch_size: int, base_filters: 
     the critic, so its precision cannot touch the guarantee."""
     if not gan_config.mixed_precision:
         return models.build_generator(gan_config.latent_dim, patch_size, base_filters,
-                                      upsample=upsample)
+                                      upsample=upsample, output=output)
     if gan_config.mixed_precision not in wgan.MIXED_PRECISION:
         raise errors.SettingsError(f"mixed_precision must be one of {wgan.MIXED_PRECISION}, "
                                    f"got {gan_config.mixed_precision!r}")
@@ -132,7 +133,7 @@ def build_generator(gan_config: wgan.WGANConfig, patch_size: int, base_filters: 
     tf.keras.mixed_precision.set_global_policy(f"mixed_{gan_config.mixed_precision}")
     try:
         inner = models.build_generator(gan_config.latent_dim, patch_size, base_filters,
-                                       upsample=upsample)
+                                       upsample=upsample, output=output)
     finally:
         tf.keras.mixed_precision.set_global_policy(before)
     latent = tf.keras.Input([gan_config.latent_dim], name="latent")
