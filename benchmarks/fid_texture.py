@@ -55,14 +55,10 @@ def high_frequency_sd(images) -> float:
     return float(np.std(images - ndi.gaussian_filter(images, (0, 1, 1))))
 
 
-def _site_patches(site, n: int):
-    """2n training patches of a phantom site, in a fixed random order; and its records dir."""
+def _site_patches(site, count: int):
+    """``count`` training patches of a phantom site in a fixed random order; its records dir."""
     rec_dir = default_data.prepare(site)[1]
-    images, labels = inputs.real_arrays(rec_dir, site.patch_size)
-    if len(images) < 2 * n:
-        raise app.UsageError(f"{rec_dir}: {len(images)} patches, fewer than 2 x {n}")
-    pick = np.random.default_rng(0).permutation(len(images))[:2 * n]
-    return np.asarray(images)[pick], np.asarray(labels)[pick], rec_dir
+    return (*inputs.real_sample(rec_dir, site.patch_size, count), rec_dir)
 
 
 def _other_site(spec: str):
@@ -81,7 +77,7 @@ def main(argv):
     sites = [_other_site(spec) for spec in FLAGS.real_sites]   # bad flags fail before work
     reference_site = (_other_site(FLAGS.reference_site) if FLAGS.reference_site else
                       default_data.benchmark_private_site(patch_size=FLAGS.patch_size))
-    images, labels, rec_dir = _site_patches(reference_site, n)
+    images, labels, rec_dir = _site_patches(reference_site, 2 * n)
     reference, real = images[:n], images[n:]
     net = fid_network.load_network()
     act_reference = distance.activations(net, distance.to_inception_range(reference))
@@ -104,7 +100,7 @@ def main(argv):
               labels[n:])
     for spec, site in zip(FLAGS.real_sites, sites):
         other, other_labels, _ = _site_patches(site, n)
-        score(f"real site {spec}", other[:n], other_labels[:n])
+        score(f"real site {spec}", other, other_labels)
     for source in FLAGS.generators:
         fn, latent_dim, patch = priors.sampler(source)
         if patch != FLAGS.patch_size:

@@ -82,12 +82,7 @@ def _private_site_patches(config, n: int) -> tuple:
         patches_per_patient=config.phantom.patches_per_patient)
     if FLAGS.quick:
         site = dataclasses.replace(site, num_patients=6, num_test=2, patches_per_patient=60)
-    rec_dir = default_data.prepare(site)[1]
-    images, _ = inputs.real_arrays(rec_dir, site.patch_size)
-    if len(images) < 2 * n:
-        raise app.UsageError(f"{rec_dir}: {len(images)} patches, fewer than 2 x {n}")
-    pick = np.random.default_rng(0).permutation(len(images))[:2 * n]
-    images = np.asarray(images)[pick]
+    images, _ = inputs.real_sample(default_data.prepare(site)[1], site.patch_size, 2 * n)
     return images[:n], images[n:]
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import write_case
 from eval_fixtures import fid_weights, hard_pairs, workdir_copy  # noqa: F401  (fixtures)
-from tfdpgan import workdir as workdir_lib
+from tfdpgan import errors, workdir as workdir_lib
 from tfdpgan.data import volumes
 from tfdpgan.evaluation import config as config_lib, evaluate, inputs, report, seg_metrics, unet
 from tfdpgan.gan import sample
@@ -391,3 +391,21 @@ def test_cli(run, tmp_path):
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "FID" in errors[0] and "--fid=false" in errors[0]
     assert not os.path.exists(f"{out}-2")
+
+
+def test_real_sample_is_a_fixed_subset_of_distinct_training_patches(tiny_dataset):
+    """real_sample: the same distinct patches every call; disjoint halves for FID's two sets;
+    a count beyond the data is an error naming the folder, not a silently smaller sample."""
+    rec = tiny_dataset[1]
+    images, labels = inputs.real_arrays(rec, 16)
+    a_img, a_lab = inputs.real_sample(rec, 16, 40)
+    b_img, _ = inputs.real_sample(rec, 16, 40)
+    np.testing.assert_array_equal(a_img, b_img)
+    flat = np.asarray(images).reshape(len(images), -1)
+    rows = [int(np.flatnonzero((flat == x.reshape(-1)).all(1))[0]) for x in a_img]
+    assert len(set(rows)) == 40                                  # distinct training patches
+    np.testing.assert_array_equal(a_lab, np.asarray(labels)[rows])  # labels stay paired
+    assert rows != sorted(rows)                                  # shuffled, not the first 40
+    assert not np.array_equal(inputs.real_sample(rec, 16, 40, seed=1)[0], a_img)
+    with pytest.raises(errors.EvaluationError, match="fewer than the"):
+        inputs.real_sample(rec, 16, len(images) + 1)

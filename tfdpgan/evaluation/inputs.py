@@ -19,8 +19,7 @@ from tfdpgan.gan import export, priors, sample
 
 __all__ = ["Run", "load_run", "read_json_or_none", "read_dataset", "split_cases",
            "check_exists", "test_cases", "synthetic_arrays", "prior_arrays", "binarize_labels",
-           "real_arrays",
-           "normalised"]
+           "real_arrays", "real_sample", "normalised"]
 
 
 @dataclasses.dataclass
@@ -233,6 +232,21 @@ def real_arrays(rec_dir: str, patch_size: int) -> Tuple[np.ndarray, np.ndarray]:
                                      f"the evaluated data set's {patch_size}")
     arrays = pipeline.load_arrays(rec_dir, "train")
     return arrays.images, arrays.labels
+
+
+def real_sample(rec_dir: str, patch_size: int, count: int,
+                seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """``count`` distinct real training patches (images, labels) in a fixed random order.
+
+    The order depends only on ``seed`` and the number of patches, so a benchmark that splits
+    the sample (e.g. FID reference vs floor set) gets the same disjoint halves every run.
+    """
+    images, labels = real_arrays(rec_dir, patch_size)
+    if len(images) < count:
+        raise errors.EvaluationError(f"{rec_dir}: {len(images)} training patches, "
+                                     f"fewer than the {count} asked for")
+    pick = np.random.default_rng(seed).permutation(len(images))[:count]
+    return np.asarray(images)[pick], np.asarray(labels)[pick]
 
 
 def normalised(vol: volumes.Volume, normalization: dict) -> np.ndarray:
